@@ -1,0 +1,85 @@
+"""The edit context: source and background latents plus pixel/token masks, built once per edit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKLLTX2Video
+
+from .geometry import GeometryError, LatentGrid, grid_for, snap_shape
+from .masks import pixel_mask_to_token_mask
+from .vae import encode_frames
+
+BACKGROUND_FILL = 0.5
+
+
+@dataclass
+class EditContext:
+    """Everything the sampler and the compositor need about one clip and its edit mask."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    source_latents: torch.Tensor
+    background_latents: torch.Tensor
+    token_mask: torch.Tensor
+    grid: LatentGrid
+    snap_note: str = ""
+
+    @property
+    def mask_fraction(self) -> float:
+        return float(self.token_mask.float().mean())
+
+
+def to_tokens(latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B,C,f,h,w] → tokens [B,f*h*w,C] in the transformer's (frame, row, column) order."""
+    b, c = latents.shape[:2]
+    return latents.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+
+
+def from_tokens(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Tokens [B,N,C] → latents [B,C,f,h,w]."""
+    b, _, c = tokens.shape
+    f, h, w = grid
+    return tokens.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+def conform(frames: torch.Tensor, mask: torch.Tensor, snap: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Check frames [F,H,W,3] and mask [F,H,W] agree; trim/centre-crop to a valid LTX-2 shape if `snap`."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise GeometryError(f"frames must be an IMAGE batch [frames, height, width, 3]; got {tuple(frames.shape)}")
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0).expand(frames.shape[0], -1, -1)
+    if mask.ndim != 3:
+        raise GeometryError(f"mask must be a MASK [frames, height, width]; got {tuple(mask.shape)}")
+    if mask.shape[0] == 1 and frames.shape[0] > 1:
+        mask = mask.expand(frames.shape[0], -1, -1)
+    if tuple(mask.shape) != tuple(frames.shape[:3]):
+        raise GeometryError(
+            f"mask {tuple(mask.shape)} does not match the video {tuple(frames.shape[:3])} (frames, height, width); "
+            "resize the mask to the video or give one mask per frame"
+        )
+    f, h, w = frames.shape[:3]
+    if not snap:
+        grid_for(f, h, w)
+        return frames, mask, ""
+    nf, nh, nw = snap_shape(f, h, w)
+    if (nf, nh, nw) == (f, h, w):
+        return frames, mask, ""
+    top, left = (h - nh) // 2, (w - nw) // 2
+    note = (f"snapped {f} frames at {h}x{w} to {nf} frames at {nh}x{nw} "
+            f"(kept the first {nf} frames, centre crop at top={top}, left={left})")
+    return (frames[:nf, top:top + nh, left:left + nw], mask[:nf, top:top + nh, left:left + nw], note)
+
+
+def prepare_edit(vae: AutoencoderKLLTX2Video, frames: torch.Tensor, mask: torch.Tensor,
+                 snap: bool = False) -> EditContext:
+    """VAE-encode the source clip and its background (masked pixels filled with grey) and map the mask to tokens."""
+    frames, mask, note = conform(frames.float(), mask.float(), snap)
+    grid = grid_for(frames.shape[0], frames.shape[1], frames.shape[2])
+    source = encode_frames(vae, frames)
+    inside = (mask >= 0.5).unsqueeze(-1)
+    background_frames = torch.where(inside, torch.full_like(frames, BACKGROUND_FILL), frames)
+    background = encode_frames(vae, background_frames) if bool(inside.any()) else source.clone()
+    token_mask = pixel_mask_to_token_mask(mask)
+    return EditContext(frames, mask, source.cpu(), background.cpu(), token_mask, grid, note)

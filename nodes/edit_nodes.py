@@ -1,0 +1,165 @@
+"""Nodes of one edit: VAE encode (frames + mask → edit context), sparse SCD sampler, VAE decode, composite."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..editctrl_core.blend import composite
+from ..editctrl_core.context import EditContext, prepare_edit
+from ..editctrl_core.editmodel import EditModel
+from ..editctrl_core.geometry import GeometryError
+from ..editctrl_core.sampler import EditResult, SamplerSettings, sample_edit
+from ..editctrl_core.text import TextConditioning
+from ..editctrl_core.vae import decode_latents
+from .common import (
+    CATEGORY,
+    EditConditioning,
+    EditContextType,
+    EditLatents,
+    EditModelType,
+    EditVAE,
+    Progress,
+    check_interrupt,
+)
+
+log = logging.getLogger("editctrl")
+
+
+class EditCtrlVAEEncode(io.ComfyNode):
+    """Encode the source clip and its masked background once per edit."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlVAEEncode",
+            display_name="EditCtrl Encode Video + Mask",
+            category=CATEGORY,
+            description="IMAGE frames + MASK → edit context (source latents, background latents, token mask).",
+            inputs=[
+                EditVAE.Input("vae"),
+                io.Image.Input("images", tooltip="Video frames [F,H,W,3]; F = 8n+1, H and W multiples of 32."),
+                io.Mask.Input("mask", tooltip="Edit region [F,H,W] (or one frame for all)."),
+                io.Boolean.Input("snap", default=False,
+                                 tooltip="Trim frames / centre-crop to the nearest valid LTX-2 shape instead of "
+                                         "failing; the change is reported."),
+            ],
+            outputs=[EditContextType.Output(display_name="edit_context"),
+                     io.Image.Output(display_name="images"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, snap: bool) -> io.NodeOutput:
+        check_interrupt()
+        try:
+            ctx = prepare_edit(vae, images, mask, snap=snap)
+        except GeometryError as exc:
+            raise ValueError(f"EditCtrl Encode: {exc}") from exc
+        if ctx.snap_note:
+            log.warning("EditCtrl Encode: %s", ctx.snap_note)
+        if not bool(ctx.token_mask.any()):
+            log.warning("EditCtrl Encode: the mask is empty; the sampler will return the source unchanged")
+        return io.NodeOutput(ctx, ctx.frames, ctx.mask)
+
+
+class EditCtrlSampler(io.ComfyNode):
+    """Denoise only the masked tokens with the SCD decoder; the encoder runs once per edit."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlSampler",
+            display_name="EditCtrl Edit Sampler",
+            category=CATEGORY,
+            inputs=[
+                EditModelType.Input("model"),
+                EditContextType.Input("edit_context"),
+                EditConditioning.Input("positive"),
+                EditConditioning.Input("negative", optional=True),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
+                io.Int.Input("steps", default=20, min=1, max=200),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
+                io.Float.Input("shift", default=1.0, min=0.05, max=20.0, step=0.05,
+                               tooltip="Flow-matching time shift; > 1 spends more steps at high noise."),
+                io.Int.Input("dilation", default=1, min=0, max=16,
+                             tooltip="Grow the edit region by this many latent tokens (32 px each)."),
+                io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1 = regenerate the region from noise; lower keeps more of the source."),
+            ],
+            outputs=[EditLatents.Output(display_name="latents")],
+        )
+
+    @classmethod
+    def execute(cls, model: EditModel, edit_context: EditContext, positive: TextConditioning, seed: int,
+                steps: int, cfg: float, shift: float, dilation: int, strength: float,
+                negative: TextConditioning | None = None) -> io.NodeOutput:
+        caption = model.preset.transformer["caption_channels"]
+        for name, cond in (("positive", positive), ("negative", negative)):
+            if cond is not None and cond.embeds.shape[-1] != caption:
+                raise ValueError(f"{name} conditioning is {cond.embeds.shape[-1]} wide but {model.preset.name} "
+                                 f"expects {caption}; use the text encoder that belongs to this model")
+        channels = model.preset.transformer["in_channels"]
+        if edit_context.source_latents.shape[1] != channels:
+            raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
+                             f"takes {channels}; encode with this model's VAE")
+        settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength)
+        result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps))
+        log.info("EditCtrl: edited %d of %d tokens (%.1f%%), %d decoder and %d encoder passes",
+                 int(result.edit_tokens.sum()), result.edit_tokens.numel(),
+                 100 * float(result.edit_tokens.float().mean()), result.decoder_calls, result.encoder_calls)
+        return io.NodeOutput(result)
+
+
+class EditCtrlVAEDecode(io.ComfyNode):
+    """Decode edited latents back to frames."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlVAEDecode",
+            display_name="EditCtrl Decode",
+            category=CATEGORY,
+            inputs=[EditVAE.Input("vae"), EditLatents.Input("latents")],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, vae, latents: EditResult) -> io.NodeOutput:
+        check_interrupt()
+        return io.NodeOutput(decode_latents(vae, latents.latents))
+
+
+class EditCtrlComposite(io.ComfyNode):
+    """Paste the edit into the source: pixels beyond the feathered mask are the source pixels, exactly."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlComposite",
+            display_name="EditCtrl Composite",
+            category=CATEGORY,
+            inputs=[
+                io.Image.Input("edited"),
+                io.Image.Input("source"),
+                io.Mask.Input("mask"),
+                io.Float.Input("feather_px", default=16.0, min=0.0, max=512.0, step=1.0,
+                               tooltip="Soft edge width in pixels, outside the mask."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
+                feather_px: float) -> io.NodeOutput:
+        if edited.shape != source.shape:
+            raise ValueError(f"edited frames {tuple(edited.shape)} and source frames {tuple(source.shape)} differ; "
+                             "connect the images output of EditCtrl Encode as source")
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if mask.shape[0] == 1:
+            mask = mask.expand(source.shape[0], -1, -1)
+        if tuple(mask.shape) != tuple(source.shape[:3]):
+            raise ValueError(f"mask {tuple(mask.shape)} does not match the frames {tuple(source.shape[:3])}")
+        return io.NodeOutput(composite(edited, source, mask, feather_px))

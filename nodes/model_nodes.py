@@ -1,0 +1,116 @@
+"""Nodes that load the LTX-2 model (SCD split), its VAE and a text encoder, and encode prompts."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..editctrl_core.editmodel import EditModel
+from ..editctrl_core.models import list_presets, load_models, load_preset
+from ..editctrl_core.scd import SCDModel, SCDOptions, default_split_layer
+from ..editctrl_core.text import TinyTextEncoder
+from .common import (
+    CATEGORY,
+    EditConditioning,
+    EditModelType,
+    EditVAE,
+    TextEncoder,
+    list_model_sources,
+    pick_device,
+    pick_dtype,
+    resolve_model_source,
+)
+
+log = logging.getLogger("editctrl")
+
+
+class EditCtrlModelLoader(io.ComfyNode):
+    """Load an LTX-2 transformer + VAE from a preset, an official single file or a diffusers folder."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlModelLoader",
+            display_name="EditCtrl Load LTX-2 (SCD)",
+            category=CATEGORY,
+            description="Loads LTX-2 and splits it into the SCD encoder (run once per edit) and decoder (every step).",
+            inputs=[
+                io.Combo.Input("preset", options=["auto", *list_presets()], default="tiny",
+                               tooltip="Architecture. 'auto' detects it from the file's keys and shapes."),
+                io.Combo.Input("weights", options=list_model_sources(),
+                               tooltip="A .safetensors file or diffusers folder from models/checkpoints or "
+                                       "models/diffusion_models; '(preset weights)' builds the preset with seeded "
+                                       "weights (the tiny demo model)."),
+                io.Combo.Input("dtype", options=["auto", "float32", "bfloat16", "float16"], default="auto"),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto"),
+                io.Int.Input("split_layer", default=0, min=0, max=256,
+                             tooltip="SCD split layer k (encoder = blocks [0,k)). 0 = the default (32 of 48)."),
+            ],
+            outputs=[EditModelType.Output(display_name="model"), EditVAE.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, weights: str, dtype: str, device: str, split_layer: int) -> io.NodeOutput:
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        path = resolve_model_source(weights)
+        if path is None and preset == "auto":
+            raise ValueError("preset 'auto' needs a weights file; choose a preset such as 'tiny' or pick a file")
+        loaded = load_models(path, preset, dtype=dt, device=dev)
+        if loaded.vae is None:
+            raise ValueError(f"{weights} holds no VAE; use an official single-file checkpoint or a diffusers folder "
+                             "with a vae/ sub-folder")
+        layers = loaded.preset.transformer["num_layers"]
+        k = split_layer or (loaded.preset.split_layer if loaded.preset.transformer["num_layers"] == layers
+                            else default_split_layer(layers))
+        if not 0 < k < layers:
+            raise ValueError(f"split_layer must be between 1 and {layers - 1} for this {layers}-block model; got {k}")
+        scd = SCDModel(loaded.transformer, SCDOptions(split_layer=k))
+        model = EditModel(scd, loaded.preset, loaded.source)
+        log.info("EditCtrl: loaded %s", model.describe())
+        return io.NodeOutput(model, loaded.vae)
+
+
+class EditCtrlTextEncoderLoader(io.ComfyNode):
+    """Load the text encoder that turns prompts into LTX-2 conditioning."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlTextEncoderLoader",
+            display_name="EditCtrl Load Text Encoder",
+            category=CATEGORY,
+            inputs=[
+                io.Combo.Input("preset", options=["tiny"], default="tiny",
+                               tooltip="'tiny' is the built-in test/demo encoder (a tiny Gemma-3, seeded weights)."),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="cpu"),
+            ],
+            outputs=[TextEncoder.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, device: str) -> io.NodeOutput:
+        return io.NodeOutput(TinyTextEncoder(load_preset(preset), device=pick_device(device)))
+
+
+class EditCtrlTextEncode(io.ComfyNode):
+    """Encode a prompt (describe the result, not an instruction) into conditioning for the edit sampler."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlTextEncode",
+            display_name="EditCtrl Text Encode",
+            category=CATEGORY,
+            inputs=[
+                TextEncoder.Input("text_encoder"),
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="Describe what the edited region should show (a caption, not a command)."),
+            ],
+            outputs=[EditConditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder: TinyTextEncoder, text: str) -> io.NodeOutput:
+        return io.NodeOutput(text_encoder.encode([text]))

@@ -67,6 +67,13 @@ def _seeded(seed: int):
     return ctx
 
 
+def _place(module: torch.nn.Module, dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    """Move a float32 CPU-built module only when another dtype/device is asked for."""
+    if dtype != torch.float32:
+        module = module.to(dtype=dtype)
+    return module.to(device)
+
+
 def build_transformer(preset: Preset, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                       empty: bool = False) -> LTX2VideoTransformer3DModel:
     """Instantiate the preset's transformer: seeded random weights, or uninitialised (`empty`) to load into."""
@@ -79,7 +86,7 @@ def build_transformer(preset: Preset, *, dtype: torch.dtype = torch.float32, dev
         model = LTX2VideoTransformer3DModel(**preset.transformer)
     finally:
         ctx.__exit__(None, None, None)
-    return model.to(device=device, dtype=dtype).eval()
+    return _place(model, dtype, device).eval()
 
 
 def build_vae(preset: Preset, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -97,7 +104,7 @@ def build_vae(preset: Preset, *, dtype: torch.dtype = torch.float32, device: str
         vae = AutoencoderKLLTX2Video(**config)
     finally:
         ctx.__exit__(None, None, None)
-    return vae.to(device=device, dtype=dtype).eval()
+    return _place(vae, dtype, device).eval()
 
 
 def read_safetensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:

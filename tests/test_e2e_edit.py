@@ -1,0 +1,157 @@
+"""End-to-end: the demo edit workflow queued on a real ComfyUI server over HTTP/WebSocket, as pipelines do."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from comfy_server import ComfyServer, PromptRejected
+from PIL import Image
+
+from editctrl_core.blend import feather_mask
+from editctrl_core.synthetic import make_clip
+from editctrl_core.video_io import read_video, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
+NODE_IDS = ["EditCtrlModelLoader", "EditCtrlTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
+            "EditCtrlSampler", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
+
+
+@pytest.fixture(scope="module")
+def demo_clip(comfy_server: ComfyServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo clip (moving disc, textured background, audio) uploaded to the server's input folder."""
+    path = tmp_path_factory.mktemp("clip") / "editctrl_demo.mp4"
+    clip = make_clip(25, 128, 192, seed=3)
+    t = np.arange(44100) / 44100
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    write_video(path, clip.frames, fps=24, audio=(np.stack([tone, tone]), 44100))
+    comfy_server.upload_image(path)
+    return path
+
+
+def _workflow(**changes: dict) -> dict:
+    wf = json.loads(WORKFLOW.read_text())
+    for node, inputs in changes.items():
+        wf[node]["inputs"].update(inputs)
+    return wf
+
+
+def _png_frames(server: ComfyServer, history: dict, node: str) -> np.ndarray:
+    images = history["outputs"][node]["images"]
+    frames = [np.array(Image.open(io.BytesIO(server.view(i["filename"], i["subfolder"], i["type"]))).convert("RGB"))
+              for i in images]
+    return np.stack(frames)
+
+
+def test_object_info_lists_every_node(comfy_server: ComfyServer) -> None:
+    info = comfy_server.object_info()
+    for node in NODE_IDS:
+        assert node in info, node
+        assert info[node]["category"].startswith("EditCtrl")
+    sampler = info["EditCtrlSampler"]["input"]
+    assert {"model", "edit_context", "positive", "seed", "steps", "cfg", "shift", "dilation"} <= set(
+        sampler["required"])
+    assert "negative" in sampler["optional"]
+    assert "(preset weights)" in info["EditCtrlModelLoader"]["input"]["required"]["weights"][1]["options"]
+
+
+def test_demo_workflow_edits_only_the_masked_region(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    wf = _workflow()
+    wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/frames"}}
+    steps = wf["9"]["inputs"]["steps"]
+    with comfy_server.client() as client:
+        pid = client.queue(wf)
+        events = client.wait(pid, timeout=600)
+    types = [e["type"] for e in events]
+    assert "execution_error" not in types, events[-1]
+    assert "execution_success" in types
+    progress = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == "9"]
+    assert [p["value"] for p in progress] == list(range(1, steps + 1))
+    assert all(p["max"] == steps for p in progress)
+    history = comfy_server.history(pid)
+    outputs = comfy_server.output_files(history)
+    videos = [p for p in outputs if p.suffix == ".mp4"]
+    assert {p.name.split("_0")[0] for p in videos} == {"edit", "mask_overlay"}
+    edited_video, fps = read_video(next(p for p in videos if p.name.startswith("edit")))
+    assert edited_video.shape == (25, 128, 192, 3) and fps == 24
+    import av
+
+    with av.open(str(next(p for p in videos if p.name.startswith("edit")))) as container:
+        assert len(container.streams.audio) == 1, "source audio must be carried into the edited video"
+
+    frames = _png_frames(comfy_server, history, "17")
+    assert frames.shape == (25, 128, 192, 3)
+    source, _ = read_video(demo_clip)
+    mask = torch.zeros(25, 128, 192)
+    mask[:, 32:32 + 88, 40:40 + 96] = 1
+    alpha = feather_mask(mask, wf["11"]["inputs"]["feather_px"])
+    outside = (alpha == 0).numpy()
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(frames[outside], expected[outside]), "pixels outside the feathered mask must be the input"
+    inside = (mask > 0).numpy()
+    assert np.abs(frames[inside].astype(int) - expected[inside].astype(int)).mean() > 1.0
+
+
+def test_invalid_prompt_is_rejected_with_node_errors(comfy_server: ComfyServer) -> None:
+    wf = _workflow()
+    wf["9"]["inputs"]["steps"] = 0
+    del wf["9"]["inputs"]["positive"]
+    wf["8"]["inputs"]["images"] = ["3", 0]
+    with pytest.raises(PromptRejected) as err:
+        comfy_server.queue(wf, client_id="bad")
+    assert err.value.status == 400
+    errors = err.value.body["node_errors"]
+    assert "9" in errors or "8" in errors
+    text = json.dumps(errors)
+    assert "steps" in text and "positive" in text and "images" in text
+
+
+def test_bad_frame_count_gives_a_clear_error(comfy_server: ComfyServer, demo_clip: Path,
+                                             tmp_path: Path) -> None:
+    odd = tmp_path / "editctrl_demo_20f.mp4"
+    frames, _ = read_video(demo_clip)
+    write_video(odd, frames[:20], fps=24)
+    comfy_server.upload_image(odd)
+    wf = _workflow(**{"1": {"file": odd.name}, "8": {"snap": False}})
+    result = comfy_server.run(wf, timeout=300, check=False)
+    assert result.error is not None and result.error["type"] == "execution_error"
+    message = result.error["data"]["exception_message"]
+    assert "8n+1" in message and "20" in message and "snap" in message
+    snapped = comfy_server.run(_workflow(**{"1": {"file": odd.name}, "8": {"snap": True},
+                                            "9": {"steps": 1}}), timeout=300, check=False)
+    assert snapped.error is None, snapped.error
+    video = [p for p in comfy_server.output_files(snapped.history) if p.name.startswith("edit")]
+    assert read_video(video[0])[0].shape[0] == 17
+
+
+def test_interrupt_mid_sampling_then_next_prompt_runs(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    long = _workflow(**{"9": {"steps": 200, "seed": 1234}})
+    with comfy_server.client() as client:
+        pid = client.queue(long)
+        seen = []
+        for event in client.events(pid, timeout=300):
+            seen.append(event)
+            if event["type"] == "progress" and event["data"].get("node") == "9" and event["data"]["value"] >= 2:
+                comfy_server.interrupt()
+        types = [e["type"] for e in seen]
+    assert "execution_interrupted" in types
+    last = max(e["data"]["value"] for e in seen if e["type"] == "progress" and e["data"].get("node") == "9")
+    assert last < 200
+    again = comfy_server.run(_workflow(**{"9": {"steps": 2, "seed": 99}}), timeout=300, check=False)
+    assert again.error is None, again.error
+    assert any(e["type"] == "execution_success" for e in again.events)
+
+
+def test_demo_workflow_file_is_valid_json_for_every_node(comfy_server: ComfyServer) -> None:
+    info = comfy_server.object_info()
+    wf = json.loads(WORKFLOW.read_text())
+    for node_id, node in wf.items():
+        assert node["class_type"] in info, (node_id, node["class_type"])
+        spec = info[node["class_type"]]["input"]
+        allowed = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        assert set(node["inputs"]) <= allowed, (node_id, set(node["inputs"]) - allowed)

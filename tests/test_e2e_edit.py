@@ -155,3 +155,13 @@ def test_demo_workflow_file_is_valid_json_for_every_node(comfy_server: ComfyServ
         spec = info[node["class_type"]]["input"]
         allowed = set(spec.get("required", {})) | set(spec.get("optional", {}))
         assert set(node["inputs"]) <= allowed, (node_id, set(node["inputs"]) - allowed)
+
+
+@pytest.mark.parametrize("ui_file", sorted((REPO / "workflows").glob("*.ui.json")), ids=lambda p: p.name)
+def test_ui_workflow_converts_to_its_api_twin(comfy_server: ComfyServer, ui_file: Path) -> None:
+    from workflow_convert import convert
+
+    api_file = ui_file.with_name(ui_file.name.replace(".ui.json", ".api.json"))
+    assert api_file.is_file(), f"{ui_file.name} has no API-format twin"
+    converted = convert(json.loads(ui_file.read_text()), comfy_server.object_info(), include_meta=False)
+    assert converted == json.loads(api_file.read_text())

@@ -194,6 +194,7 @@ class BlendSchedule:
     shape: str = "cosine"
 
     def __post_init__(self) -> None:
+        """Validate the fractions and the ramp shape."""
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1]; got {self.hard_fraction}")
         if self.ramp_fraction is not None and not 0.0 < self.ramp_fraction <= 1.0:
@@ -303,6 +304,7 @@ def compute_boundary_blend_mask(token_mask: torch.Tensor, falloff: int = 3, shar
         return grid.clone()
 
     def survived(m: torch.Tensor) -> torch.Tensor:
+        """Erosions (up to falloff) each cell of m survives."""
         total = torch.zeros_like(m)
         for _ in range(falloff):
             m = -F.max_pool2d(-m, kernel_size=3, stride=1, padding=1)
@@ -368,6 +370,7 @@ class BlendSettings:
     feather_px: float = 16.0
 
     def __post_init__(self) -> None:
+        """Validate the mode and distances."""
         if self.mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}; got {self.mode!r}")
         if self.falloff_px < 0 or self.feather_px < 0 or self.falloff_tokens < 0:
@@ -376,6 +379,7 @@ class BlendSettings:
 
     @property
     def schedule(self) -> BlendSchedule:
+        """The step schedule these settings describe."""
         return BlendSchedule(self.hard_fraction, self.ramp_fraction, self.ramp_shape)
 
 

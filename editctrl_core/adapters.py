@@ -1,0 +1,673 @@
+"""EditCtrl adapters for the SCD decoder: local context module, global context embedder, strict adapter files.
+
+- :class:`LocalContextModule` reads only the masked+dilated tokens (source latents with the edit region blanked
+  plus a mask channel) and returns per-decoder-block residuals ``{block: [B,N,model_dim]}``, to be added to the
+  decoder's hidden states after the FFN of those blocks. Its AdaLN conditioning is recomputed from σ on every call.
+  Positions: it computes its own 3D RoPE from token coordinates ``coords [B,3,N]`` or ``[3,N]`` (latent frame,
+  row, column of each gathered token; :func:`token_coords` builds them from the sampler's flat ``idx``), so it does
+  not depend on LTX's rope layout (split/interleaved) or head count.
+- :class:`GlobalContextEmbedder` pools the whole background (edit region blanked) on its (frames, height, width)
+  grid to at most ``max_tokens`` tokens, patch-embeds them to the model width, and owns one zero-initialised
+  cross-attention branch per target decoder block, whose output is added next to that block's text
+  cross-attention output.
+- :func:`save_adapter` / :func:`load_adapter`: safetensors with kind, config, base model id and split layer in the
+  metadata; loading is strict and refuses anything that does not match, naming the difference. Never unpickles.
+
+Decoder block indices are relative to the decoder (0 = first block after the SCD split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+FORMAT_NAME = "editctrl-adapter"
+FORMAT_VERSION = 1
+META_PREFIX = "editctrl."
+
+_Device = torch.device | str | None
+
+
+def _every_second_block(num_decoder_blocks: int = 16) -> tuple[int, ...]:
+    """The seed's residual placement: decoder blocks 0, 2, 4, ..."""
+    return tuple(range(0, num_decoder_blocks, 2))
+
+
+def _check_targets(name: str, targets: tuple[int, ...]) -> tuple[int, ...]:
+    """Validate a target-block list: non-negative, unique ints, returned sorted."""
+    targets = tuple(int(t) for t in targets)
+    if not targets or any(t < 0 for t in targets) or len(set(targets)) != len(targets):
+        raise ValueError(f"{name} must be a non-empty list of distinct decoder block indices >= 0; got {list(targets)}")
+    return tuple(sorted(targets))
+
+
+def _check_positive(obj: object, names: tuple[str, ...]) -> None:
+    """Raise unless every named integer field of a config is positive."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer; got {value!r}")
+
+
+@dataclass(frozen=True)
+class LocalContextConfig:
+    """Shape of a LocalContextModule (defaults: the seed's 2 blocks × 512, 8×64 heads, for LTX-2.0 19B split at 32)."""
+
+    in_channels: int = 129
+    width: int = 512
+    num_blocks: int = 2
+    heads: int = 8
+    head_dim: int = 64
+    text_dim: int = 4096
+    model_dim: int = 4096
+    target_blocks: tuple[int, ...] = field(default_factory=_every_second_block)
+    mlp_ratio: int = 4
+    rope_theta: float = 10000.0
+    timestep_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        """Validate the shape fields."""
+        _check_positive(self, ("in_channels", "width", "num_blocks", "heads", "head_dim", "text_dim", "model_dim",
+                               "mlp_ratio"))
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE; got {self.head_dim}")
+        object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
+
+
+@dataclass(frozen=True)
+class GlobalContextConfig:
+    """Shape of a GlobalContextEmbedder (defaults: LTX-2.0 19B, 16 decoder blocks, ≤ 256 context tokens)."""
+
+    in_channels: int = 129
+    model_dim: int = 4096
+    max_tokens: int = 256
+    heads: int = 8
+    head_dim: int = 128
+    target_blocks: tuple[int, ...] = field(default_factory=lambda: tuple(range(16)))
+    pos_frequencies: int = 8
+
+    def __post_init__(self) -> None:
+        """Validate the shape fields."""
+        _check_positive(self, ("in_channels", "model_dim", "max_tokens", "heads", "head_dim", "pos_frequencies"))
+        object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
+
+
+def _config_to_dict(config: LocalContextConfig | GlobalContextConfig) -> dict[str, Any]:
+    """JSON-ready dict of a config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def _config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build a config from a dict, refusing unknown or missing fields."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    missing = sorted(names - set(data))
+    if unknown or missing:
+        raise ValueError(f"{cls.__name__} fields do not match: unknown {unknown}, missing {missing}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def token_coords(idx: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(frame, row, column) float coordinates [3,N] of flat token indices ``idx`` into an (f,h,w) token grid."""
+    f, h, w = grid
+    idx = idx.long().flatten()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= f * h * w):
+        raise ValueError(f"token indices must lie in [0, {f * h * w}) for grid {grid}")
+    return torch.stack([idx // (h * w), (idx // w) % h, idx % w]).to(torch.float32)
+
+
+def blank_latents(latents: torch.Tensor, edit_mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Latents [B,C,f,h,w] with the edit region (token mask [f,h,w] or [B,f,h,w], True = edit) set to ``fill``.
+
+    LTX-2 latents are normalised to zero mean, so 0 is the neutral fill (the seed's 0.5 was a pixel-space value).
+    """
+    mask = edit_mask.bool().to(latents.device)
+    mask = mask.unsqueeze(1) if mask.ndim == 4 else mask.view(1, 1, *mask.shape)
+    return latents.masked_fill(mask, fill)
+
+
+def local_context_tokens(source_latents: torch.Tensor, edit_mask: torch.Tensor, idx: torch.Tensor,
+                         fill: float | None = 0.0) -> torch.Tensor:
+    """LocalContextModule input [B,N,C+1]: blanked source latents gathered at flat ``idx``, plus the edit-mask channel.
+
+    ``fill=None`` keeps the latents as given (for background latents already blanked in pixel space before encoding).
+    """
+    b, c, f, h, w = source_latents.shape
+    if tuple(edit_mask.shape) != (f, h, w):
+        raise ValueError(f"edit_mask must be [f,h,w] = {(f, h, w)}; got {tuple(edit_mask.shape)}")
+    idx = idx.long().to(source_latents.device)
+    latents = source_latents if fill is None else blank_latents(source_latents, edit_mask, fill)
+    blanked = latents.flatten(2).transpose(1, 2)[:, idx]
+    channel = edit_mask.reshape(-1).to(device=source_latents.device, dtype=source_latents.dtype)[idx]
+    return torch.cat([blanked, channel.view(1, -1, 1).expand(b, -1, 1)], dim=-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [B,dim] of scalar timesteps [B] (cos half first, as in LTX/PixArt)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def rope_3d(coords: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Own 3D RoPE: (cos, sin) [B,1,N,head_dim/2] from coords [B,3,N]; head_dim/2 pairs split over (f,h,w).
+
+    Each axis gets ``(head_dim/2)//3`` rotation pairs with frequencies ``theta^(-k/n)``; leftover pairs stay unrotated.
+    """
+    pairs = head_dim // 2
+    per_axis = pairs // 3
+    b, _, n = coords.shape
+    if per_axis == 0:
+        ones = torch.ones(b, 1, n, pairs, device=coords.device)
+        return ones, torch.zeros_like(ones)
+    freqs = theta ** (-torch.arange(per_axis, dtype=torch.float32, device=coords.device) / per_axis)
+    angles = (coords.float().transpose(1, 2)[..., None] * freqs).flatten(2)
+    angles = F.pad(angles, (0, pairs - 3 * per_axis))
+    return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x [B,H,N,D] in the split-half layout (pair i = elements i and i + D/2)."""
+    cos, sin = rope
+    first, second = x.float().chunk(2, dim=-1)
+    out = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    return out.to(x.dtype)
+
+
+def key_keep_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Bool keep-mask [B,T] from a bool or 1/0 mask [B,T] (1 = attend) or LTX's additive bias [B,1,T] (0 / -10000)."""
+    if mask.ndim == 3:
+        if mask.shape[1] != 1:
+            raise ValueError(f"an additive key bias must be [B,1,T]; got {tuple(mask.shape)}")
+        return mask[:, 0] > -1.0
+    if mask.ndim != 2:
+        raise ValueError(f"a key mask must be [B,T] (keep-mask) or [B,1,T] (additive bias); got {tuple(mask.shape)}")
+    return mask if mask.dtype == torch.bool else mask > 0.5
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with RMS-normed q/k, optional RoPE on q/k, optional key padding mask."""
+
+    def __init__(self, query_dim: int, kv_dim: int, heads: int, head_dim: int, device: _Device = None) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, device=device)
+        self.to_k = nn.Linear(kv_dim, inner, device=device)
+        self.to_v = nn.Linear(kv_dim, inner, device=device)
+        self.norm_q = nn.RMSNorm(inner, eps=1e-6, device=device)
+        self.norm_k = nn.RMSNorm(inner, eps=1e-6, device=device)
+        self.to_out = nn.Linear(inner, query_dim, device=device)
+
+    def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values [B,H,M,Dh] (cacheable when the context is fixed)."""
+        k = self.norm_k(self.to_k(context)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, key_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of x over itself (context None) or over context / precomputed kv."""
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k, v = kv if kv is not None else self.kv(x if context is None else context)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        attn_mask = None
+        valid = None
+        if key_mask is not None:
+            keep = key_keep_mask(key_mask.to(x.device))
+            valid = keep.any(dim=-1)
+            keep = keep | ~valid[:, None]
+            attn_mask = keep[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = self.to_out(out.transpose(1, 2).flatten(2))
+        if valid is not None:
+            out = out * valid[:, None, None].to(out.dtype)
+        return out
+
+
+class _LocalBlock(nn.Module):
+    """Transformer block of the local module: AdaLN-modulated self-attention (RoPE), text cross-attention, MLP."""
+
+    def __init__(self, cfg: LocalContextConfig, device: _Device = None) -> None:
+        super().__init__()
+        w = cfg.width
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6, device=device)
+        self.attn1 = _Attention(w, w, cfg.heads, cfg.head_dim, device)
+        self.norm2 = nn.LayerNorm(w, eps=1e-6, device=device)
+        self.attn2 = _Attention(w, cfg.text_dim, cfg.heads, cfg.head_dim, device)
+        self.norm3 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6, device=device)
+        self.ff = nn.Sequential(nn.Linear(w, cfg.mlp_ratio * w, device=device), nn.GELU(approximate="tanh"),
+                                nn.Linear(cfg.mlp_ratio * w, w, device=device))
+        self.scale_shift_table = nn.Parameter(torch.empty(6, w, device=device))
+        bound = (3.0 / w) ** 0.5
+        nn.init.uniform_(self.scale_shift_table, -bound, bound)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        """One block: modulated self-attention, text cross-attention, modulated MLP."""
+        mods = (self.scale_shift_table[None] + temb.unflatten(-1, (6, -1))).unsqueeze(2).unbind(1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        x = x + gate_msa * self.attn1(self.norm1(x) * (1 + scale_msa) + shift_msa, rope=rope)
+        x = x + self.attn2(self.norm2(x), text, key_mask=text_mask)
+        return x + gate_mlp * self.ff(self.norm3(x) * (1 + scale_mlp) + shift_mlp)
+
+
+class LocalContextModule(nn.Module):
+    """EditCtrl local path: a small transformer over the masked+dilated tokens that emits zero-initialised residuals.
+
+    ``forward(tokens [B,N,in_channels], coords [B,3,N] | [3,N], text [B,T,text_dim], sigma [B] | float,
+    text_mask) -> {decoder_block: residual [B,N,model_dim]}``. ``text`` is what the decoder blocks cross-attend to
+    (LTX-2.0: the caption projection's output, width = model inner dim); ``text_mask`` is a keep-mask [B,T] (bool or
+    1/0) or LTX's additive bias [B,1,T], or None. ``sigma`` is the current step's noise level in [0,1]; the AdaLN
+    modulation is recomputed from it on every call. All residuals come from the final hidden state through one
+    zero-initialised projection per target block, so a fresh module adds exact zeros.
+    """
+
+    ADAPTER_KIND = "local_context"
+
+    def __init__(self, config: LocalContextConfig | None = None, device: _Device = None) -> None:
+        super().__init__()
+        cfg = config or LocalContextConfig()
+        self.config = cfg
+        w = cfg.width
+        self.proj_in = nn.Linear(cfg.in_channels, w, device=device)
+        self.time_embed = nn.Sequential(nn.Linear(256, w, device=device), nn.SiLU(), nn.Linear(w, w, device=device))
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w, device=device))
+        self.blocks = nn.ModuleList(_LocalBlock(cfg, device) for _ in range(cfg.num_blocks))
+        self.norm_out = nn.LayerNorm(w, eps=1e-6, device=device)
+        self.out_proj = nn.ModuleDict({str(i): nn.Linear(w, cfg.model_dim, device=device) for i in cfg.target_blocks})
+        for proj in self.out_proj.values():
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    @property
+    def target_blocks(self) -> tuple[int, ...]:
+        """Decoder blocks (relative to the split) that receive a residual."""
+        return self.config.target_blocks
+
+    def forward(self, tokens: torch.Tensor, coords: torch.Tensor, text: torch.Tensor, sigma: torch.Tensor | float,
+                text_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """Residuals {decoder block: [B,N,model_dim]} for the gathered tokens at noise level sigma."""
+        cfg = self.config
+        b, n, c = tokens.shape
+        if c != cfg.in_channels:
+            raise ValueError(f"tokens have {c} channels; this module expects in_channels={cfg.in_channels}")
+        if text.shape[-1] != cfg.text_dim:
+            raise ValueError(f"text has width {text.shape[-1]}; this module expects text_dim={cfg.text_dim}")
+        if coords.ndim == 2:
+            coords = coords.unsqueeze(0).expand(b, -1, -1)
+        if coords.shape != (b, 3, n):
+            raise ValueError(f"coords must be [3,N] or [B,3,N] = {(b, 3, n)}; got {tuple(coords.shape)}")
+        dtype = self.proj_in.weight.dtype
+        sig = torch.as_tensor(sigma, dtype=torch.float32, device=tokens.device).flatten()
+        if sig.numel() == 1:
+            sig = sig.expand(b)
+        if sig.numel() != b:
+            raise ValueError(f"sigma must be a scalar or one value per batch element; got {sig.numel()} for batch {b}")
+        temb = self.time_embed(timestep_embedding(sig * cfg.timestep_scale, 256).to(dtype))
+        mods = self.adaln(temb)
+        rope = rope_3d(coords.to(tokens.device), cfg.head_dim, cfg.rope_theta)
+        x = self.proj_in(tokens.to(dtype))
+        text = text.to(dtype)
+        for block in self.blocks:
+            x = block(x, mods, rope, text, text_mask)
+        x = self.norm_out(x)
+        return {i: self.out_proj[str(i)](x) for i in cfg.target_blocks}
+
+
+def pooled_grid(frames: int, height: int, width: int, max_tokens: int = 256) -> tuple[int, int, int]:
+    """Pooled (f', h', w') for an (f,h,w) grid with f'·h'·w' ≤ max_tokens, keeping the 3D structure.
+
+    No pooling when the grid already fits. Otherwise the grid that minimises the largest per-axis reduction
+    factor (every axis is shrunk about equally, so time and space keep their proportions); ties go to more
+    tokens, then to more frames. Example: 16×16×24 at 256 → (5, 5, 10) = 250 tokens.
+    """
+    if min(frames, height, width, max_tokens) < 1:
+        raise ValueError(f"grid and budget must be positive; got {(frames, height, width)} and {max_tokens}")
+    if frames * height * width <= max_tokens:
+        return frames, height, width
+    best: tuple[float, int, int] | None = None
+    choice = (1, 1, 1)
+    for pf in range(1, min(frames, max_tokens) + 1):
+        for ph in range(1, min(height, max_tokens // pf) + 1):
+            pw = min(width, max_tokens // (pf * ph))
+            if pw < 1:
+                break
+            key = (max(frames / pf, height / ph, width / pw), -(pf * ph * pw), -pf)
+            if best is None or key < best:
+                best, choice = key, (pf, ph, pw)
+    return choice
+
+
+def _position_features(grid: tuple[int, int, int], frequencies: int, device: torch.device) -> torch.Tensor:
+    """Sinusoidal features [M, 6·frequencies] of the pooled cells' centres, normalised to [0,1] per axis."""
+    axes = [(torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n for n in grid]
+    centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    scales = math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32, device=device)
+    angles = (centres[..., None] * scales).flatten(1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class GlobalCrossAttention(nn.Module):
+    """One decoder block's global-context branch: own context norm, own Q/K/V, zero-initialised output projection."""
+
+    def __init__(self, model_dim: int, heads: int, head_dim: int, device: _Device = None) -> None:
+        super().__init__()
+        self.norm_context = nn.LayerNorm(model_dim, eps=1e-6, device=device)
+        self.attn = _Attention(model_dim, model_dim, heads, head_dim, device)
+        nn.init.zeros_(self.attn.to_out.weight)
+        nn.init.zeros_(self.attn.to_out.bias)
+
+    def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the (fixed per edit) context; cache them across steps."""
+        return self.attn.kv(self.norm_context(context.to(self.attn.to_k.weight.dtype)))
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Residual [B,N,model_dim] of hidden attending to the global context (or its cached kv)."""
+        if kv is None:
+            if context is None:
+                raise ValueError("pass the global context or its cached kv")
+            kv = self.kv(context)
+        return self.attn(hidden.to(self.attn.to_q.weight.dtype), kv=kv, key_mask=context_mask)
+
+
+class GlobalContextEmbedder(nn.Module):
+    """EditCtrl global path: background latents pooled on the 3D grid to ≤ max_tokens, embedded, plus per-block branches.
+
+    ``forward(background [B,C,f,h,w], edit_mask [f,h,w] | [B,f,h,w]) -> context [B,M,model_dim]`` (background with
+    the edit region blanked, e.g. by :func:`blank_latents`; the edit mask is appended as a channel so blanked and
+    genuinely dark content differ; M = prod(:func:`pooled_grid`)). ``branch(block, hidden, context) -> residual``
+    for each target decoder block, where ``hidden`` is the block's normed hidden states as fed to its text
+    cross-attention; add the residual to the text cross-attention output. Computed once per edit: the context and,
+    through ``branch_kv``, each branch's keys/values.
+    """
+
+    ADAPTER_KIND = "global_context"
+
+    def __init__(self, config: GlobalContextConfig | None = None, device: _Device = None) -> None:
+        super().__init__()
+        cfg = config or GlobalContextConfig()
+        self.config = cfg
+        self.patch_embed = nn.Linear(cfg.in_channels, cfg.model_dim, device=device)
+        self.pos_embed = nn.Linear(6 * cfg.pos_frequencies, cfg.model_dim, device=device)
+        self.norm_out = nn.LayerNorm(cfg.model_dim, eps=1e-6, device=device)
+        self.branches = nn.ModuleDict({str(i): GlobalCrossAttention(cfg.model_dim, cfg.heads, cfg.head_dim, device)
+                                       for i in cfg.target_blocks})
+
+    @property
+    def target_blocks(self) -> tuple[int, ...]:
+        """Decoder blocks (relative to the split) that have a global-context branch."""
+        return self.config.target_blocks
+
+    def pool(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
+        """Average-pool [B,C+1,f,h,w] (latents + edit-mask channel) to the pooled grid: [B,C+1,f',h',w']."""
+        b, c, f, h, w = background.shape
+        if c + 1 != self.config.in_channels:
+            raise ValueError(f"background has {c} channels; this embedder expects {self.config.in_channels - 1} "
+                             "(in_channels includes the edit-mask channel)")
+        mask = edit_mask.to(device=background.device, dtype=background.dtype)
+        if mask.ndim == 3:
+            mask = mask.unsqueeze(0).expand(b, -1, -1, -1)
+        if tuple(mask.shape) != (b, f, h, w):
+            raise ValueError(f"edit_mask must be [f,h,w] or [B,f,h,w] matching {(b, f, h, w)}; got {tuple(edit_mask.shape)}")
+        x = torch.cat([background, mask.unsqueeze(1)], dim=1)
+        return F.adaptive_avg_pool3d(x, pooled_grid(f, h, w, self.config.max_tokens))
+
+    def forward(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
+        """Global context tokens [B,M,model_dim] from blanked background latents and the edit mask."""
+        dtype = self.patch_embed.weight.dtype
+        pooled = self.pool(background.to(dtype), edit_mask)
+        grid = tuple(pooled.shape[2:])
+        tokens = self.patch_embed(pooled.flatten(2).transpose(1, 2))
+        pos = self.pos_embed(_position_features(grid, self.config.pos_frequencies, pooled.device).to(dtype))
+        return self.norm_out(tokens + pos)
+
+    def _branch(self, block_index: int) -> GlobalCrossAttention:
+        """The branch of one decoder block, or a KeyError naming the valid targets."""
+        key = str(block_index)
+        if key not in self.branches:
+            raise KeyError(f"decoder block {block_index} has no global-context branch; "
+                           f"targets are {list(self.config.target_blocks)}")
+        return self.branches[key]
+
+    def branch_kv(self, block_index: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached keys/values of one block's branch for a fixed context."""
+        return self._branch(block_index).kv(context)
+
+    def branch(self, block_index: int, hidden: torch.Tensor, context: torch.Tensor | None = None,
+               context_mask: torch.Tensor | None = None,
+               kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Residual [B,N,model_dim] of decoder block ``block_index``'s branch (zero for a fresh embedder)."""
+        return self._branch(block_index)(hidden, context, context_mask, kv)
+
+
+ADAPTER_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
+    LocalContextModule.ADAPTER_KIND: (LocalContextModule, LocalContextConfig),
+    GlobalContextEmbedder.ADAPTER_KIND: (GlobalContextEmbedder, GlobalContextConfig),
+}
+
+
+class AdapterLoadError(ValueError):
+    """An adapter file that cannot be used with this model/module; the message names the difference and the fix."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What an adapter file's metadata declares."""
+
+    kind: str
+    config: dict[str, Any]
+    base_model_id: str
+    split_layer: int
+    format_version: int
+
+
+def _kind_of(module: nn.Module) -> str:
+    """Adapter kind of a module instance, or raise for an unsupported module."""
+    kind = getattr(module, "ADAPTER_KIND", None)
+    if kind not in ADAPTER_CLASSES or not isinstance(module, ADAPTER_CLASSES[kind][0]):
+        raise TypeError(f"{type(module).__name__} is not an EditCtrl adapter module "
+                        f"({', '.join(c.__name__ for c, _ in ADAPTER_CLASSES.values())})")
+    return kind
+
+
+def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id: str, split_layer: int) -> None:
+    """Write an adapter as safetensors, with kind, config, base model id and split layer as JSON metadata (atomic)."""
+    kind = _kind_of(module)
+    if not isinstance(base_model_id, str) or not base_model_id:
+        raise ValueError("base_model_id must be a non-empty string (e.g. 'ltx-2.0-19b')")
+    if isinstance(split_layer, bool) or not isinstance(split_layer, int) or split_layer < 0:
+        raise ValueError(f"split_layer must be an integer >= 0; got {split_layer!r}")
+    metadata = {
+        META_PREFIX + "format": json.dumps(FORMAT_NAME),
+        META_PREFIX + "format_version": json.dumps(FORMAT_VERSION),
+        META_PREFIX + "kind": json.dumps(kind),
+        META_PREFIX + "config": json.dumps(_config_to_dict(module.config), sort_keys=True),
+        META_PREFIX + "base_model_id": json.dumps(base_model_id),
+        META_PREFIX + "split_layer": json.dumps(split_layer),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _check_container(path: Path) -> None:
+    """Refuse files that are not safetensors before any parser touches them (pickles, zips, truncated headers)."""
+    if not path.is_file():
+        raise AdapterLoadError(f"adapter file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        opening = fh.read(1) if 0 < header_len <= size - 8 else b""
+    if opening == b"{":
+        return
+    zipped = head[:4] == b"PK\x03\x04"
+    pickled = len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] != 0
+    if zipped or pickled:
+        raise AdapterLoadError(
+            f"{str(path)!r} is a pickle/torch checkpoint, not a safetensors adapter; it was not unpickled. "
+            "Re-export the weights with save_adapter (safetensors) and load that file.")
+    if 0 <= header_len and header_len > size - 8:
+        raise AdapterLoadError(f"{str(path)!r} is corrupt or truncated: its header claims {header_len} bytes but the "
+                               f"file has {size}; copy or download it again")
+    raise AdapterLoadError(f"{str(path)!r} is not a safetensors file ({size} bytes); the file is corrupt or "
+                           "truncated - copy or download it again")
+
+
+def _json_meta(path: Path, metadata: Mapping[str, str], name: str) -> Any:
+    """Decode one JSON metadata entry, or raise AdapterLoadError naming it."""
+    key = META_PREFIX + name
+    if key not in metadata:
+        raise AdapterLoadError(f"{str(path)!r} has no '{key}' metadata: it is not an EditCtrl adapter file "
+                               "(LoRA files go through the LoRA loader); save adapters with save_adapter")
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as err:
+        raise AdapterLoadError(f"{str(path)!r}: metadata '{key}' is not valid JSON ({err}); the file is corrupt") from err
+
+
+def read_adapter_metadata(path: str | os.PathLike[str]) -> AdapterInfo:
+    """Read and validate an adapter file's metadata without loading its tensors."""
+    path = Path(path)
+    _check_container(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as err:
+        raise AdapterLoadError(f"{str(path)!r} is not a readable safetensors file ({err}); the file is corrupt or "
+                               "truncated - copy or download it again") from err
+    fmt = _json_meta(path, metadata, "format")
+    if fmt != FORMAT_NAME:
+        raise AdapterLoadError(f"{str(path)!r} declares format {fmt!r}, expected {FORMAT_NAME!r}")
+    version = _json_meta(path, metadata, "format_version")
+    if version != FORMAT_VERSION:
+        raise AdapterLoadError(f"{str(path)!r} has adapter format version {version}; this build reads version "
+                               f"{FORMAT_VERSION}. Update the node pack (or re-save the adapter with this version)")
+    kind = _json_meta(path, metadata, "kind")
+    if kind not in ADAPTER_CLASSES:
+        raise AdapterLoadError(f"{str(path)!r} has unknown adapter kind {kind!r}; known: {sorted(ADAPTER_CLASSES)}")
+    config = _json_meta(path, metadata, "config")
+    base = _json_meta(path, metadata, "base_model_id")
+    split = _json_meta(path, metadata, "split_layer")
+    if not isinstance(config, dict) or not isinstance(base, str) or isinstance(split, bool) or not isinstance(split, int):
+        raise AdapterLoadError(f"{str(path)!r} has malformed adapter metadata (config must be an object, base model id "
+                               "a string, split layer an integer); re-save it with save_adapter")
+    return AdapterInfo(kind, config, base, split, version)
+
+
+def _config_diff(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """'name: file=X, module=Y' for every field that differs."""
+    names = sorted(set(expected) | set(actual))
+    return [f"{n}: file={expected.get(n)!r}, module={actual.get(n)!r}" for n in names if expected.get(n) != actual.get(n)]
+
+
+def load_adapter(path: str | os.PathLike[str], expected_base_model_id: str, expected_split_layer: int, *,
+                 expected_kind: str | None = None, module: nn.Module | None = None,
+                 expected_config: Mapping[str, Any] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load an adapter file strictly and return the module (built from the file's config unless ``module`` is given).
+
+    A module built from the file lives on the CPU in the file's dtype; a given module is loaded in place (values
+    cast to its dtype and device). ``device``/``dtype``, when given, move the result.
+
+    Refused with :class:`AdapterLoadError` (message names the difference and what to do): a file that is not a
+    safetensors adapter or is corrupt, a different kind, base model or split layer, a ``module`` whose config
+    differs from the file's, ``expected_config`` fields (e.g. ``{"model_dim": 4096}``) that differ, and missing,
+    unexpected or wrongly shaped tensors. The module is never partially loaded.
+    """
+    path = Path(path)
+    info = read_adapter_metadata(path)
+    if expected_kind is not None and info.kind != expected_kind:
+        raise AdapterLoadError(f"{str(path)!r} is a {info.kind!r} adapter, not {expected_kind!r}; "
+                               f"pick a {expected_kind} adapter file")
+    if info.base_model_id != expected_base_model_id:
+        raise AdapterLoadError(
+            f"{str(path)!r} was trained for base model {info.base_model_id!r}, but the loaded model is "
+            f"{expected_base_model_id!r}; load the matching model or use an adapter trained for "
+            f"{expected_base_model_id!r}")
+    if info.split_layer != expected_split_layer:
+        raise AdapterLoadError(
+            f"{str(path)!r} was trained with the SCD split at layer {info.split_layer}, but the model is split at "
+            f"layer {expected_split_layer}; set the split layer to {info.split_layer} or use an adapter trained "
+            f"for split layer {expected_split_layer}")
+    module_cls, config_cls = ADAPTER_CLASSES[info.kind]
+    try:
+        file_config = _config_from_dict(config_cls, info.config)
+    except (TypeError, ValueError) as err:
+        raise AdapterLoadError(f"{str(path)!r} has an invalid {config_cls.__name__} in its metadata ({err}); "
+                               "re-save it with this version of the node pack") from err
+    file_fields = _config_to_dict(file_config)
+    if expected_config:
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in expected_config.items()}
+        unknown = sorted(set(wanted) - set(file_fields))
+        if unknown:
+            raise ValueError(f"expected_config names unknown {config_cls.__name__} fields {unknown}")
+        diff = [f"{k}: file={file_fields[k]!r}, required={v!r}" for k, v in wanted.items() if file_fields[k] != v]
+        if diff:
+            raise AdapterLoadError(f"{str(path)!r} does not fit this model ({'; '.join(diff)}); use an adapter "
+                                   "trained for this model's dimensions")
+    fresh = module is None
+    if module is None:
+        module = module_cls(file_config, device="meta")
+    else:
+        kind = _kind_of(module)
+        if kind != info.kind:
+            raise AdapterLoadError(f"{str(path)!r} holds a {info.kind!r} adapter but the target module is a "
+                                   f"{type(module).__name__} ({kind!r}); load it into a {module_cls.__name__}")
+        diff = _config_diff(file_fields, _config_to_dict(module.config))
+        if diff:
+            raise AdapterLoadError(
+                f"{str(path)!r} does not match the {type(module).__name__} it is loaded into: {'; '.join(diff)}. "
+                "Load without passing a module (the loader builds it from the file's config) or retrain the adapter "
+                "with the module's config")
+    expected_shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = set(fh.keys())
+            missing = sorted(set(expected_shapes) - keys)
+            unexpected = sorted(keys - set(expected_shapes))
+            if missing or unexpected:
+                raise AdapterLoadError(
+                    f"{str(path)!r} does not match {type(module).__name__}({file_config}): missing tensors "
+                    f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected tensors "
+                    f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; the file was written by a different "
+                    "version or edited - re-save it with save_adapter")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
+            wrong = [f"{k}: file {shapes[k]} vs module {expected_shapes[k]}" for k in sorted(keys)
+                     if shapes[k] != expected_shapes[k]]
+            if wrong:
+                raise AdapterLoadError(f"{str(path)!r} has tensors of the wrong shape: {'; '.join(wrong[:8])}; "
+                                       "the file does not belong to this module configuration")
+            state = {k: fh.get_tensor(k) for k in keys}
+    except AdapterLoadError:
+        raise
+    except Exception as err:
+        raise AdapterLoadError(f"{str(path)!r} could not be read ({err}); the file is corrupt or truncated - copy or "
+                               "download it again") from err
+    on_meta = any(p.is_meta for p in module.parameters())
+    module.load_state_dict(state, strict=True, assign=fresh or on_meta)
+    if device is not None:
+        module = module.to(device=device)
+    return module.to(dtype=dtype) if dtype is not None else module

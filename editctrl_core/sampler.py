@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .blend import BlendSettings, BoundaryBlender
 from .context import EditContext, from_tokens, to_tokens
 from .masks import dilate_token_mask
 from .scd import SCDModel
@@ -30,6 +31,7 @@ class SamplerSettings:
     dilation: int = 1
     temporal_dilation: int = 0
     strength: float = 1.0
+    blend: BlendSettings | None = None
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range options."""
@@ -61,9 +63,10 @@ def flow_sigmas(steps: int, shift: float = 1.0, strength: float = 1.0) -> torch.
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def edit_token_index(token_mask: torch.Tensor, settings: SamplerSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dilated token mask [f,h,w] and the flat indices of its tokens."""
-    dilated = dilate_token_mask(token_mask, settings.dilation, settings.temporal_dilation)
+def edit_token_index(token_mask: torch.Tensor, settings: SamplerSettings,
+                     min_dilation: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dilated token mask [f,h,w] and the flat indices of its tokens (dilated at least `min_dilation`)."""
+    dilated = dilate_token_mask(token_mask, max(settings.dilation, min_dilation), settings.temporal_dilation)
     return dilated, dilated.flatten().nonzero().squeeze(1)
 
 
@@ -79,7 +82,8 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     """Edit the masked region of `ctx` following the prompt; everything outside the dilated mask is the source."""
     settings.validate()
     grid = ctx.grid.shape
-    dilated, index = edit_token_index(ctx.token_mask, settings)
+    blender = BoundaryBlender(ctx.mask, settings.blend) if settings.blend is not None else None
+    dilated, index = edit_token_index(ctx.token_mask, settings, blender.required_dilation if blender else 0)
     device = scd.stack.device
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
@@ -101,6 +105,8 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
             cond, uncond = velocity.chunk(2)
             velocity = uncond + settings.cfg * (cond - uncond)
         x = x + (sigma_next - sigma) * velocity
+        if blender is not None:
+            x = blender.step(x, x0, noise, sigma_next, step, settings.steps, index)
         if callback is not None:
             callback(step + 1, settings.steps, x)
     tokens = source.clone()

@@ -21,6 +21,7 @@ TextEncoder = io.Custom("EDITCTRL_TEXT_ENCODER")
 EditConditioning = io.Custom("EDITCTRL_CONDITIONING")
 EditContextType = io.Custom("EDITCTRL_EDIT_CONTEXT")
 EditLatents = io.Custom("EDITCTRL_LATENTS")
+EditBlend = io.Custom("EDITCTRL_BLEND")
 
 
 def register_folders() -> None:

@@ -7,7 +7,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core.blend import composite
+from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.context import EditContext, prepare_edit
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.geometry import GeometryError
@@ -16,6 +16,7 @@ from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.vae import decode_latents
 from .common import (
     CATEGORY,
+    EditBlend,
     EditConditioning,
     EditContextType,
     EditLatents,
@@ -78,6 +79,8 @@ class EditCtrlSampler(io.ComfyNode):
                 EditContextType.Input("edit_context"),
                 EditConditioning.Input("positive"),
                 EditConditioning.Input("negative", optional=True),
+                EditBlend.Input("blend", optional=True,
+                                tooltip="Boundary blending; unconnected = 'renoised' with a 64 px falloff."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
                 io.Int.Input("steps", default=20, min=1, max=200),
                 io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
@@ -94,7 +97,7 @@ class EditCtrlSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: EditModel, edit_context: EditContext, positive: TextConditioning, seed: int,
                 steps: int, cfg: float, shift: float, dilation: int, strength: float,
-                negative: TextConditioning | None = None) -> io.NodeOutput:
+                negative: TextConditioning | None = None, blend: BlendSettings | None = None) -> io.NodeOutput:
         caption = model.preset.transformer["caption_channels"]
         for name, cond in (("positive", positive), ("negative", negative)):
             if cond is not None and cond.embeds.shape[-1] != caption:
@@ -104,12 +107,42 @@ class EditCtrlSampler(io.ComfyNode):
         if edit_context.source_latents.shape[1] != channels:
             raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
                              f"takes {channels}; encode with this model's VAE")
-        settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength)
+        settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
+                                   blend=blend or BlendSettings())
         result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps))
         log.info("EditCtrl: edited %d of %d tokens (%.1f%%), %d decoder and %d encoder passes",
                  int(result.edit_tokens.sum()), result.edit_tokens.numel(),
                  100 * float(result.edit_tokens.float().mean()), result.decoder_calls, result.encoder_calls)
         return io.NodeOutput(result)
+
+
+class EditCtrlBlendSettings(io.ComfyNode):
+    """How the edit meets the untouched video at the mask boundary."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlBlendSettings",
+            display_name="EditCtrl Blend Settings",
+            category=CATEGORY,
+            inputs=[
+                io.Combo.Input("mode", options=list(BLEND_MODES), default="renoised",
+                               tooltip="renoised: blend against the source re-noised to each step's σ (default); "
+                                       "distance: the seed's token-distance sigmoid against the clean source; "
+                                       "pixel: hard latent mask, softness only from the final composite."),
+                io.Float.Input("falloff_px", default=64.0, min=0.0, max=1024.0, step=1.0,
+                               tooltip="renoised: width of the soft edge outside the mask, in pixels."),
+                io.Float.Input("hard_fraction", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Share of the steps that use the hard mask before ramping to the soft one."),
+                io.Int.Input("falloff_tokens", default=3, min=0, max=16, tooltip="distance mode: falloff in tokens."),
+            ],
+            outputs=[EditBlend.Output(display_name="blend")],
+        )
+
+    @classmethod
+    def execute(cls, mode: str, falloff_px: float, hard_fraction: float, falloff_tokens: int) -> io.NodeOutput:
+        return io.NodeOutput(BlendSettings(mode=mode, falloff_px=falloff_px, hard_fraction=hard_fraction,
+                                           falloff_tokens=falloff_tokens))
 
 
 class EditCtrlVAEDecode(io.ComfyNode):

@@ -19,7 +19,7 @@ from editctrl_core.video_io import read_video, write_video
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
 NODE_IDS = ["EditCtrlModelLoader", "EditCtrlTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
-            "EditCtrlSampler", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
+            "EditCtrlSampler", "EditCtrlBlendSettings", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
 
 
 @pytest.fixture(scope="module")

@@ -138,3 +138,23 @@ def test_invalid_settings_raise():
         SamplerSettings(steps=0).validate()
     with pytest.raises(ValueError, match="strength"):
         SamplerSettings(strength=0).validate()
+
+
+def test_renoised_blend_keeps_tokens_beyond_falloff_exact_and_softens_the_ring(parts):
+    from editctrl_core.blend import BlendSettings, renoise_alpha
+
+    model, pos, neg = parts
+    tok = torch.zeros(3, 6, 8, dtype=torch.bool)
+    tok[1:, 1:3, 1:3] = True
+    ctx = _context(grid=(3, 6, 8), mask_tokens=tok)
+    blend = BlendSettings(mode="renoised", falloff_px=40.0)
+    out = sample_edit(_scd(model), ctx, pos, neg, SamplerSettings(steps=4, dilation=3, blend=blend))
+    alpha = renoise_alpha(ctx.mask, 40.0)
+    beyond = alpha == 0
+    assert bool(beyond.any()) and bool((out.edit_tokens & beyond).any())
+    assert torch.equal(out.latents[:, :, beyond], ctx.source_latents[:, :, beyond])
+    ring = (alpha > 0) & (alpha < 1)
+    assert bool(ring.any())
+    assert not torch.allclose(out.latents[:, :, ring], ctx.source_latents[:, :, ring])
+    plain = sample_edit(_scd(model), ctx, pos, neg, SamplerSettings(steps=4, dilation=3)).latents
+    assert not torch.allclose(plain[:, :, ring], out.latents[:, :, ring])

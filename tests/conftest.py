@@ -17,22 +17,7 @@ for _p in (REPO_ROOT, REPO_ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import _pytest.python  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
-
-# The repo root is the node pack (it has an __init__.py that imports `comfy_api`, only importable inside a
-# running ComfyUI), so pytest would collect it as a Package and import that __init__.py during set-up.
-# Skip that one import; the pack is exercised through a real server instead.
-_package_setup = _pytest.python.Package.setup
-
-
-def _setup_package_except_repo_root(self: _pytest.python.Package) -> None:
-    """Package.setup, except for the repo root package."""
-    if Path(self.path).resolve() != REPO_ROOT:
-        _package_setup(self)
-
-
-_pytest.python.Package.setup = _setup_package_except_repo_root  # type: ignore[method-assign]
 
 #: Model folders created under the server's base dir and registered through extra_model_paths.
 MODEL_FOLDERS = (

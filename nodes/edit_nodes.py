@@ -196,3 +196,6 @@ class EditCtrlComposite(io.ComfyNode):
         if tuple(mask.shape) != tuple(source.shape[:3]):
             raise ValueError(f"mask {tuple(mask.shape)} does not match the frames {tuple(source.shape[:3])}")
         return io.NodeOutput(composite(edited, source, mask, feather_px))
+
+
+NODES = [EditCtrlVAEEncode, EditCtrlSampler, EditCtrlBlendSettings, EditCtrlVAEDecode, EditCtrlComposite]

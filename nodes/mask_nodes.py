@@ -61,3 +61,6 @@ class EditCtrlMaskOverlay(io.ComfyNode):
         overlay = mask_overlay(images, mask, opacity)
         middle = overlay[overlay.shape[0] // 2: overlay.shape[0] // 2 + 1]
         return io.NodeOutput(overlay, ui=ui.PreviewImage(middle, cls=cls))
+
+
+NODES = [EditCtrlRectMask, EditCtrlMaskOverlay]

@@ -114,3 +114,6 @@ class EditCtrlTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder: TinyTextEncoder, text: str) -> io.NodeOutput:
         return io.NodeOutput(text_encoder.encode([text]))
+
+
+NODES = [EditCtrlModelLoader, EditCtrlTextEncoderLoader, EditCtrlTextEncode]

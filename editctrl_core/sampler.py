@@ -92,7 +92,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     use_cfg = negative is not None and settings.cfg != 1.0
     text = concat_conditionings([positive, negative]) if use_cfg else positive
     context = scd.encode(to_tokens(ctx.background_latents), grid, positive)
-    plan = scd.plan(index, context, grid, text)
+    plan = scd.plan(index, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask)
     noise = to_tokens(noise_like(ctx.source_latents, settings.seed)).to(device)[:, index.to(device)]
     x0 = source[:, index.to(device)]
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.strength)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
+from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
 from .text import TextConditioning
 
 MASK_BIAS = -10000.0
@@ -43,6 +44,12 @@ class TextContext:
         return TextContext(self.video.repeat(rep, 1, 1), self.audio.repeat(rep, 1, 1),
                            None if self.video_bias is None else self.video_bias.repeat(rep, 1, 1),
                            None if self.audio_bias is None else self.audio_bias.repeat(rep, 1, 1))
+
+    def key_bias(self) -> torch.Tensor | None:
+        """Per-sample key bias [B,1,T] (any query may attend to a key any query of its sample may attend to)."""
+        if self.video_bias is None:
+            return None
+        return self.video_bias.amax(dim=1, keepdim=True)
 
 
 @dataclass
@@ -218,6 +225,39 @@ class SCDModel:
         self.encoder_calls = 0
         self.decoder_calls = 0
         self.decoder_block_hooks: list[BlockHook] = []
+        self.local: LocalContextModule | None = None
+        self.global_context: GlobalContextEmbedder | None = None
+
+    @property
+    def num_decoder_blocks(self) -> int:
+        return self.stack.num_layers - self.split_layer
+
+    def attach(self, local: LocalContextModule | None = None, global_context: GlobalContextEmbedder | None = None
+               ) -> None:
+        """Attach EditCtrl adapters after checking they fit this model (width, text width, target blocks)."""
+        inner = self.stack.model.proj_in.out_features
+        channels = self.stack.config.in_channels
+        for name, module in (("local context module", local), ("global context embedder", global_context)):
+            if module is None:
+                continue
+            cfg = module.config
+            problems = []
+            if cfg.model_dim != inner:
+                problems.append(f"model_dim {cfg.model_dim} != transformer width {inner}")
+            if cfg.in_channels != channels + 1:
+                problems.append(f"in_channels {cfg.in_channels} != latent channels + mask ({channels + 1})")
+            if getattr(cfg, "text_dim", inner) != inner:
+                problems.append(f"text_dim {cfg.text_dim} != projected text width {inner}")
+            bad = [t for t in cfg.target_blocks if t >= self.num_decoder_blocks]
+            if bad:
+                problems.append(f"target blocks {bad} beyond the {self.num_decoder_blocks} decoder blocks")
+            if problems:
+                raise ValueError(f"{name} does not fit this model ({'; '.join(problems)}); train or load one for "
+                                 f"this base model and split layer {self.split_layer}")
+        if local is not None:
+            self.local = local.to(self.stack.device)
+        if global_context is not None:
+            self.global_context = global_context.to(self.stack.device)
 
     @property
     def transformer(self) -> LTX2VideoTransformer3DModel:
@@ -243,8 +283,13 @@ class SCDModel:
         return shift_one_frame(hidden, grid) if self.options.shift else hidden
 
     def plan(self, index: torch.Tensor, context: torch.Tensor, grid: tuple[int, int, int],
-             text: TextConditioning) -> DecodePlan:
-        """Precompute the decoder's per-edit inputs for the selected token indices (flattened f*h*w order)."""
+             text: TextConditioning, *, background: torch.Tensor | None = None,
+             edit_mask: torch.Tensor | None = None, text_keep: torch.Tensor | None = None) -> DecodePlan:
+        """Precompute the decoder's per-edit inputs for the selected token indices (flattened f*h*w order).
+
+        `background` [1,C,f,h,w] (edit region blanked) and `edit_mask` [f,h,w] feed attached adapters;
+        `text_keep` [B,n,T] restricts which prompt tokens each selected token may attend to (multi-region).
+        """
         s = self.stack
         batch = text.embeds.shape[0]
         coords = s.video_coords(grid, batch, self.options.fps)[:, :, index.to(s.device)]
@@ -258,7 +303,47 @@ class SCDModel:
         else:
             rotary = s.rope(coords)
             prefix_time = torch.empty(0, device=s.device)
-        return DecodePlan(index, prefix, rotary, s.text(text), prefix_time, coords)
+        text_ctx = s.text(text)
+        if text_keep is not None:
+            keep = text_keep.to(s.device)
+            if self.options.concat:
+                keep = torch.cat([keep, keep], dim=1)
+            text_ctx.video_bias = torch.where(keep, 0.0, MASK_BIAS).to(s.dtype)
+        plan = DecodePlan(index, prefix, rotary, text_ctx, prefix_time, coords)
+        if (self.local is not None or self.global_context is not None) and (background is None or edit_mask is None):
+            raise ValueError("attached adapters need the background latents and the edit mask")
+        if self.local is not None:
+            plan.extras["local_tokens"] = local_context_tokens(background.to(s.device, torch.float32),
+                                                               edit_mask.to(s.device), index, fill=None)
+            plan.extras["local_coords"] = token_coords(index, grid).to(s.device)
+        if self.global_context is not None:
+            g = self.global_context
+            ctx = g(background.to(s.device), edit_mask.to(s.device))
+            plan.extras["global_kv"] = {t: g.branch_kv(t, ctx) for t in g.target_blocks}
+        return plan
+
+    def _local_residuals(self, plan: DecodePlan, sigma: torch.Tensor, batch: int) -> dict[int, torch.Tensor]:
+        """Local-context residuals {decoder block: [B,n,D]} at this step's σ (recomputed every step)."""
+        tokens = plan.extras["local_tokens"].expand(batch, -1, -1)
+        text = plan.text.repeat(batch)
+        return self.local(tokens, plan.extras["local_coords"], text.video, sigma, text_mask=text.key_bias())
+
+    def _global_hooks(self, plan: DecodePlan) -> list[torch.utils.hooks.RemovableHandle]:
+        """Forward hooks adding the global-context branch to each target block's text cross-attention output."""
+        g = self.global_context
+        handles = []
+        for rel, kv in plan.extras["global_kv"].items():
+            attn = self.stack.model.transformer_blocks[self.split_layer + rel].attn2
+
+            def add_branch(module, args, kwargs, output, rel=rel, kv=kv):
+                query = args[0] if args else kwargs["hidden_states"]
+                k, v = kv
+                if k.shape[0] != query.shape[0]:
+                    k, v = k.expand(query.shape[0], -1, -1, -1), v.expand(query.shape[0], -1, -1, -1)
+                return output + g.branch(rel, query, kv=(k, v)).to(output.dtype)
+
+            handles.append(attn.register_forward_hook(add_branch, with_kwargs=True))
+        return handles
 
     def decode(self, plan: DecodePlan, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """One decoder pass over the selected noisy tokens x [B,n,C] at σ [B]; returns velocity [B,n,C]."""
@@ -273,14 +358,29 @@ class SCDModel:
             time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
         else:
             hidden = plan.prefix
-        hooks = self.decoder_block_hooks
+        hooks = list(self.decoder_block_hooks)
+        if self.local is not None:
+            residuals = self._local_residuals(plan, sigma, batch)
+            split = self.split_layer
+
+            def add_local(index: int, h: torch.Tensor) -> torch.Tensor:
+                r = residuals.get(index - split)
+                if r is None:
+                    return h
+                return torch.cat([h[:, :-n], h[:, -n:] + r.to(h.dtype)], dim=1) if h.shape[1] != n else h + r
+            hooks.append(add_local)
         after = None
         if hooks:
             def after(index: int, h: torch.Tensor) -> torch.Tensor:
                 for hook in hooks:
                     h = hook(index, h)
                 return h
-        hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, None, after)
+        handles = self._global_hooks(plan) if self.global_context is not None else []
+        try:
+            hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, None, after)
+        finally:
+            for handle in handles:
+                handle.remove()
         if self.options.concat:
             hidden = hidden[:, n:]
         return s.head(hidden, time.embedded)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from .lora import LoraFile, apply_loras
 from .models import Preset
 from .scd import SCDModel
 
@@ -18,6 +20,18 @@ class EditModel:
     preset: Preset
     source: str
     attachments: list[str] = field(default_factory=list)
+    loras: list[tuple[LoraFile, float]] = field(default_factory=list)
+
+    def with_lora(self, lora: LoraFile, strength: float) -> EditModel:
+        """A copy that also applies `lora` at `strength` while sampling (the shared base model is never changed)."""
+        name = f"LoRA {lora.path.name if lora.path else 'in-memory'} x{strength:g}"
+        return replace(self, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
+
+    def lora_patch(self) -> contextlib.AbstractContextManager:
+        """Context in which the LoRA stack is active on the transformer (hooks removed on exit, bit-exact)."""
+        if not self.loras:
+            return contextlib.nullcontext()
+        return apply_loras(self.scd.transformer, self.loras)
 
     @property
     def device(self) -> torch.device:

@@ -109,7 +109,8 @@ class EditCtrlSampler(io.ComfyNode):
                              f"takes {channels}; encode with this model's VAE")
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings())
-        result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps))
+        with model.lora_patch():
+            result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps))
         log.info("EditCtrl: edited %d of %d tokens (%.1f%%), %d decoder and %d encoder passes",
                  int(result.edit_tokens.sum()), result.edit_tokens.numel(),
                  100 * float(result.edit_tokens.float().mean()), result.decoder_calls, result.encoder_calls)

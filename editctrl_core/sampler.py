@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .blend import BlendSettings, BoundaryBlender
 from .context import EditContext, from_tokens, to_tokens
-from .masks import dilate_token_mask
+from .masks import dilate_token_mask, pixel_mask_to_token_mask
 from .scd import SCDModel
 from .text import TextConditioning, concat_conditionings
 
@@ -32,6 +33,7 @@ class SamplerSettings:
     temporal_dilation: int = 0
     strength: float = 1.0
     blend: BlendSettings | None = None
+    window_frames: int = 0
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range options."""
@@ -45,6 +47,8 @@ class SamplerSettings:
             raise ValueError(f"cfg must be >= 0; got {self.cfg}")
         if self.dilation < 0 or self.temporal_dilation < 0:
             raise ValueError("dilation must be >= 0")
+        if self.window_frames < 0:
+            raise ValueError(f"window_frames must be >= 0 (0 = one pass); got {self.window_frames}")
 
 
 @dataclass
@@ -76,40 +80,113 @@ def noise_like(latents: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(latents.shape, generator=gen, dtype=torch.float32)
 
 
+@dataclass
+class Region:
+    """An extra edit region with its own prompt (multi-region edits); `mask` is a pixel MASK [F,H,W]."""
+
+    mask: torch.Tensor
+    prompt: TextConditioning
+
+
+def region_text(positive: TextConditioning, regions: list[tuple[torch.Tensor, TextConditioning]],
+                negative: TextConditioning | None, index: torch.Tensor
+                ) -> tuple[TextConditioning, torch.Tensor]:
+    """One conditioning holding every prompt (concatenated along the sequence) and, per selected token, which prompt
+    tokens it may attend to [B,n,T]: tokens of a region see only its prompt, the rest see `positive`.
+    """
+    texts = [positive] + [cond for _, cond in regions]
+    owner = torch.zeros(index.numel(), dtype=torch.long)
+    for number, (token_mask, _) in enumerate(regions, start=1):
+        owner[token_mask.flatten()[index]] = number
+    spans = torch.cat([torch.full((t.embeds.shape[1],), i, dtype=torch.long) for i, t in enumerate(texts)])
+    combined = TextConditioning(torch.cat([t.embeds for t in texts], dim=1),
+                                torch.cat([t.mask for t in texts], dim=1), positive.prompt)
+    keep = (spans[None, :] == owner[:, None]) & (combined.mask[0].cpu()[None, :] > 0)
+    if negative is None:
+        return combined, keep[None]
+    both = concat_conditionings([combined, negative])
+    length = both.embeds.shape[1]
+    keep = F.pad(keep, (0, length - keep.shape[1]))
+    negative_keep = (both.mask[1].cpu() > 0)[None, :].expand(index.numel(), -1)
+    return both, torch.stack([keep, negative_keep])
+
+
+def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int) -> list[torch.Tensor]:
+    """Positions (into `index`) of the selected tokens of each window of `window_frames` latent frames."""
+    if window_frames <= 0:
+        return [torch.arange(index.numel())]
+    frame = index // (grid[1] * grid[2])
+    out = []
+    for start in range(0, grid[0], window_frames):
+        pos = ((frame >= start) & (frame < start + window_frames)).nonzero().squeeze(1)
+        if pos.numel():
+            out.append(pos)
+    return out
+
+
 @torch.no_grad()
 def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
-                settings: SamplerSettings, callback: StepCallback | None = None) -> EditResult:
-    """Edit the masked region of `ctx` following the prompt; everything outside the dilated mask is the source."""
+                settings: SamplerSettings, callback: StepCallback | None = None,
+                regions: list[Region] | None = None) -> EditResult:
+    """Edit the masked region of `ctx` following the prompt; everything outside the dilated mask is the source.
+
+    `regions` add areas with their own prompts (one pass; each region's tokens attend only to their prompt).
+    With `settings.window_frames`, the encoder runs window by window (K/V cache carried across windows) and each
+    window's tokens are denoised in turn.
+    """
     settings.validate()
     grid = ctx.grid.shape
     blender = BoundaryBlender(ctx.mask, settings.blend) if settings.blend is not None else None
-    dilated, index = edit_token_index(ctx.token_mask, settings, blender.required_dilation if blender else 0)
+    min_dilation = blender.required_dilation if blender else 0
+    dilated, index = edit_token_index(ctx.token_mask, settings, min_dilation)
+    region_masks = []
+    for region in regions or []:
+        region_dilated, _ = edit_token_index(pixel_mask_to_token_mask(region.mask), settings, min_dilation)
+        region_masks.append((region_dilated, region.prompt))
+        dilated = dilated | region_dilated
+    index = dilated.flatten().nonzero().squeeze(1)
     device = scd.stack.device
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
     if index.numel() == 0:
         return EditResult(ctx.source_latents.clone(), dilated, 0, 0)
     use_cfg = negative is not None and settings.cfg != 1.0
-    text = concat_conditionings([positive, negative]) if use_cfg else positive
-    context = scd.encode(to_tokens(ctx.background_latents), grid, positive)
-    plan = scd.plan(index, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask)
-    noise = to_tokens(noise_like(ctx.source_latents, settings.seed)).to(device)[:, index.to(device)]
-    x0 = source[:, index.to(device)]
+    keep = None
+    if region_masks:
+        text, keep = region_text(positive, region_masks, negative if use_cfg else None, index)
+        encoder_text = TextConditioning(text.embeds[:1], text.mask[:1])
+    else:
+        text = concat_conditionings([positive, negative]) if use_cfg else positive
+        encoder_text = positive
+    background = to_tokens(ctx.background_latents)
+    if settings.window_frames:
+        context = scd.encode_windowed(background, grid, encoder_text, settings.window_frames)
+    else:
+        context = scd.encode(background, grid, encoder_text)
+    noise_all = to_tokens(noise_like(ctx.source_latents, settings.seed)).to(device)
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.strength)
-    x = (1 - sigmas[0]) * x0 + sigmas[0] * noise
     batch = 2 if use_cfg else 1
-    for step in range(settings.steps):
-        sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
-        velocity = scd.decode(plan, x.expand(batch, -1, -1), torch.full((batch,), sigma)).float()
-        if use_cfg:
-            cond, uncond = velocity.chunk(2)
-            velocity = uncond + settings.cfg * (cond - uncond)
-        x = x + (sigma_next - sigma) * velocity
-        if blender is not None:
-            x = blender.step(x, x0, noise, sigma_next, step, settings.steps, index)
-        if callback is not None:
-            callback(step + 1, settings.steps, x)
     tokens = source.clone()
-    tokens[:, index.to(device)] = x
+    windows = _windows(index, grid, settings.window_frames)
+    total = settings.steps * len(windows)
+    for number, positions in enumerate(windows):
+        idx = index[positions]
+        plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
+                        text_keep=None if keep is None else keep[:, positions])
+        noise = noise_all[:, idx.to(device)]
+        x0 = source[:, idx.to(device)]
+        x = (1 - sigmas[0]) * x0 + sigmas[0] * noise
+        for step in range(settings.steps):
+            sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
+            velocity = scd.decode(plan, x.expand(batch, -1, -1), torch.full((batch,), sigma)).float()
+            if use_cfg:
+                cond, uncond = velocity.chunk(2)
+                velocity = uncond + settings.cfg * (cond - uncond)
+            x = x + (sigma_next - sigma) * velocity
+            if blender is not None:
+                x = blender.step(x, x0, noise, sigma_next, step, settings.steps, idx)
+            if callback is not None:
+                callback(number * settings.steps + step + 1, total, x)
+        tokens[:, idx.to(device)] = x
     return EditResult(from_tokens(tokens, grid).cpu(), dilated, scd.decoder_calls - calls0[0],
                       scd.encoder_calls - calls0[1])

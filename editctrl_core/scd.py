@@ -16,6 +16,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
+from .kv_cache import cached_self_attention
 from .text import TextConditioning
 
 MASK_BIAS = -10000.0
@@ -280,6 +281,40 @@ class SCDModel:
             bias = bias.expand(batch, -1, -1)
         hidden = s.model.proj_in(background.to(s.device, s.dtype))
         hidden = s.run_blocks(hidden, 0, self.split_layer, s.text(text), time, rotary, bias)
+        return shift_one_frame(hidden, grid) if self.options.shift else hidden
+
+    def encode_windowed(self, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+                        window_frames: int) -> torch.Tensor:
+        """Causal encoder pass window by window (latent frames), carrying each block's K/V cache across windows.
+
+        Equals `encode` (single pass) up to float summation order, with activations of one window at a time.
+        """
+        if window_frames < 1:
+            raise ValueError(f"window must be at least one latent frame; got {window_frames}")
+        if not self.options.causal:
+            raise ValueError("windowed encoding needs the frame-causal encoder (causal=True)")
+        self.encoder_calls += 1
+        s = self.stack
+        f, h, w = grid
+        per_frame = h * w
+        batch = background.shape[0]
+        sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
+        time = s.time(sigma, sigma)
+        coords = s.video_coords(grid, batch, self.options.fps)
+        frame_of = torch.arange(f, device=s.device).repeat_interleave(per_frame)
+        text_ctx = s.text(text)
+        outputs = []
+        blocks = [s.model.transformer_blocks[i] for i in range(self.split_layer)]
+        with cached_self_attention(blocks):
+            for start in range(0, f, window_frames):
+                stop = min(f, start + window_frames)
+                tokens = slice(start * per_frame, stop * per_frame)
+                allowed = frame_of[None, : stop * per_frame] <= frame_of[tokens, None]
+                bias = torch.where(allowed, 0.0, MASK_BIAS).to(s.dtype)[None].expand(batch, -1, -1)
+                hidden = s.model.proj_in(background[:, tokens].to(s.device, s.dtype))
+                rotary = s.rope(coords[:, :, tokens])
+                outputs.append(s.run_blocks(hidden, 0, self.split_layer, text_ctx, time, rotary, bias))
+        hidden = torch.cat(outputs, dim=1)
         return shift_one_frame(hidden, grid) if self.options.shift else hidden
 
     def plan(self, index: torch.Tensor, context: torch.Tensor, grid: tuple[int, int, int],

@@ -87,3 +87,19 @@ def test_decoder_drops_prefix_and_sees_context():
         v2 = scd.decode(plan2, x, torch.tensor([0.5]))
     assert v1.shape == x.shape
     assert not torch.allclose(v1, v2)
+
+
+def test_windowed_encoder_equals_single_pass():
+    preset, model, text, scd = _setup()
+    grid = (5, 2, 3)
+    f, h, w = grid
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, f * h * w, preset.transformer["in_channels"], generator=gen)
+    with torch.no_grad():
+        single = scd.encode(x, grid, text)
+        for window in (1, 2, 3):
+            windowed = scd.encode_windowed(x, grid, text, window)
+            assert windowed.shape == single.shape
+            assert torch.allclose(windowed, single, atol=2e-5, rtol=1e-5), (window, (windowed - single).abs().max())
+    # the original attention processors are restored afterwards
+    assert all(type(b.attn1.processor).__name__ != "CachedSelfAttention" for b in model.transformer_blocks)

@@ -22,6 +22,7 @@ EditConditioning = io.Custom("EDITCTRL_CONDITIONING")
 EditContextType = io.Custom("EDITCTRL_EDIT_CONTEXT")
 EditLatents = io.Custom("EDITCTRL_LATENTS")
 EditBlend = io.Custom("EDITCTRL_BLEND")
+EditRegions = io.Custom("EDITCTRL_REGIONS")
 
 
 def register_folders() -> None:

@@ -11,7 +11,7 @@ from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.context import EditContext, prepare_edit
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.geometry import GeometryError
-from ..editctrl_core.sampler import EditResult, SamplerSettings, sample_edit
+from ..editctrl_core.sampler import EditResult, Region, SamplerSettings, sample_edit
 from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.vae import decode_latents
 from .common import (
@@ -21,6 +21,7 @@ from .common import (
     EditContextType,
     EditLatents,
     EditModelType,
+    EditRegions,
     EditVAE,
     Progress,
     check_interrupt,
@@ -81,6 +82,9 @@ class EditCtrlSampler(io.ComfyNode):
                 EditConditioning.Input("negative", optional=True),
                 EditBlend.Input("blend", optional=True,
                                 tooltip="Boundary blending; unconnected = 'renoised' with a 64 px falloff."),
+                EditRegions.Input("regions", optional=True,
+                                  tooltip="Extra regions with their own prompts (EditCtrl Region), edited in the "
+                                          "same pass; the rest of the edit mask follows 'positive'."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
                 io.Int.Input("steps", default=20, min=1, max=200),
                 io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
@@ -90,16 +94,21 @@ class EditCtrlSampler(io.ComfyNode):
                              tooltip="Grow the edit region by this many latent tokens (32 px each)."),
                 io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1 = regenerate the region from noise; lower keeps more of the source."),
+                io.Int.Input("window_frames", default=0, min=0, max=1024,
+                             tooltip="Long clips: encode and denoise this many latent frames at a time (the causal "
+                                     "encoder carries its K/V cache across windows). 0 = one pass."),
             ],
             outputs=[EditLatents.Output(display_name="latents")],
         )
 
     @classmethod
     def execute(cls, model: EditModel, edit_context: EditContext, positive: TextConditioning, seed: int,
-                steps: int, cfg: float, shift: float, dilation: int, strength: float,
-                negative: TextConditioning | None = None, blend: BlendSettings | None = None) -> io.NodeOutput:
+                steps: int, cfg: float, shift: float, dilation: int, strength: float, window_frames: int,
+                negative: TextConditioning | None = None, blend: BlendSettings | None = None,
+                regions: list[Region] | None = None) -> io.NodeOutput:
         caption = model.preset.transformer["caption_channels"]
-        for name, cond in (("positive", positive), ("negative", negative)):
+        region_conds = [(f"region {i + 1}", r.prompt) for i, r in enumerate(regions or [])]
+        for name, cond in [("positive", positive), ("negative", negative), *region_conds]:
             if cond is not None and cond.embeds.shape[-1] != caption:
                 raise ValueError(f"{name} conditioning is {cond.embeds.shape[-1]} wide but {model.preset.name} "
                                  f"expects {caption}; use the text encoder that belongs to this model")
@@ -108,9 +117,14 @@ class EditCtrlSampler(io.ComfyNode):
             raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
                              f"takes {channels}; encode with this model's VAE")
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
-                                   blend=blend or BlendSettings())
+                                   blend=blend or BlendSettings(), window_frames=window_frames)
+        for number, region in enumerate(regions or [], start=1):
+            if tuple(region.mask.shape) != tuple(edit_context.mask.shape):
+                raise ValueError(f"region {number} mask {tuple(region.mask.shape)} does not match the edit context "
+                                 f"{tuple(edit_context.mask.shape)}; make region masks from the same frames")
         with model.lora_patch():
-            result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps))
+            result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
+                                 regions=regions)
         log.info("EditCtrl: edited %d of %d tokens (%.1f%%), %d decoder and %d encoder passes",
                  int(result.edit_tokens.sum()), result.edit_tokens.numel(),
                  100 * float(result.edit_tokens.float().mean()), result.decoder_calls, result.encoder_calls)
@@ -144,6 +158,33 @@ class EditCtrlBlendSettings(io.ComfyNode):
     def execute(cls, mode: str, falloff_px: float, hard_fraction: float, falloff_tokens: int) -> io.NodeOutput:
         return io.NodeOutput(BlendSettings(mode=mode, falloff_px=falloff_px, hard_fraction=hard_fraction,
                                            falloff_tokens=falloff_tokens))
+
+
+class EditCtrlRegion(io.ComfyNode):
+    """Add a region with its own prompt to a multi-region edit (chain several; connect to the sampler)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditCtrlRegion",
+            display_name="EditCtrl Region Prompt",
+            category=CATEGORY,
+            inputs=[
+                io.Mask.Input("mask", tooltip="Region [F,H,W]; include it in the mask given to EditCtrl Encode."),
+                EditConditioning.Input("conditioning"),
+                EditRegions.Input("regions", optional=True, tooltip="Earlier regions (later ones win overlaps)."),
+            ],
+            outputs=[EditRegions.Output(display_name="regions")],
+        )
+
+    @classmethod
+    def execute(cls, mask: torch.Tensor, conditioning: TextConditioning,
+                regions: list[Region] | None = None) -> io.NodeOutput:
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if not bool((mask >= 0.5).any()):
+            raise ValueError("the region mask is empty; draw or select the area this prompt should edit")
+        return io.NodeOutput([*(regions or []), Region(mask.float(), conditioning)])
 
 
 class EditCtrlVAEDecode(io.ComfyNode):
@@ -199,4 +240,5 @@ class EditCtrlComposite(io.ComfyNode):
         return io.NodeOutput(composite(edited, source, mask, feather_px))
 
 
-NODES = [EditCtrlVAEEncode, EditCtrlSampler, EditCtrlBlendSettings, EditCtrlVAEDecode, EditCtrlComposite]
+NODES = [EditCtrlVAEEncode, EditCtrlSampler, EditCtrlBlendSettings, EditCtrlRegion, EditCtrlVAEDecode,
+         EditCtrlComposite]

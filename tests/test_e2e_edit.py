@@ -19,7 +19,7 @@ from editctrl_core.video_io import read_video, write_video
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
 NODE_IDS = ["EditCtrlModelLoader", "EditCtrlTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
-            "EditCtrlSampler", "EditCtrlBlendSettings", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
+            "EditCtrlSampler", "EditCtrlBlendSettings", "EditCtrlRegion", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,32 @@ def test_ui_workflow_converts_to_its_api_twin(comfy_server: ComfyServer, ui_file
     assert api_file.is_file(), f"{ui_file.name} has no API-format twin"
     converted = convert(json.loads(ui_file.read_text()), comfy_server.object_info(), include_meta=False)
     assert converted == json.loads(api_file.read_text())
+
+
+def test_multiregion_windowed_workflow(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    wf = json.loads((REPO / "workflows" / "editctrl_multiregion.api.json").read_text())
+    wf["30"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/multi"}}
+    with comfy_server.client() as client:
+        pid = client.queue(wf)
+        events = client.wait(pid, timeout=600)
+    assert "execution_success" in [e["type"] for e in events], events[-1]
+    progress = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == "9"]
+    windows = progress[-1]["max"] // wf["9"]["inputs"]["steps"]
+    assert windows >= 2 and progress[-1]["value"] == progress[-1]["max"]
+    history = comfy_server.history(pid)
+    frames = _png_frames(comfy_server, history, "30")
+    source, _ = read_video(demo_clip)
+    mask = torch.zeros(25, 128, 192)
+    mask[:, 32:32 + 88, 40:40 + 96] = 1
+    outside = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(frames[outside], expected[outside])
+
+
+def test_region_mask_of_another_size_is_refused(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    wf = json.loads((REPO / "workflows" / "editctrl_multiregion.api.json").read_text())
+    wf["31"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 25, "color": 0}}
+    wf["17"]["inputs"].update({"images": ["31", 0], "x": 0, "y": 0})
+    result = comfy_server.run(wf, timeout=300, check=False)
+    assert result.error is not None
+    assert "region 1 mask" in result.error["data"]["exception_message"]

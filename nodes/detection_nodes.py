@@ -1,0 +1,696 @@
+"""Object masks and semantic tokens: Qwen-VL loading and grounding, object selection, SAM silhouettes, mask algebra
+and TMA tokens on the conditioning. Thin nodes over `editctrl_core.qwen`, `detection`, `object_masks`, `sam`, `tma`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..editctrl_core import qwen as qwen_core
+from ..editctrl_core import sam as sam_core
+from ..editctrl_core.detection import (
+    PROMPT_MODES,
+    DetectionParseError,
+    Detections,
+    parse_grounding_answer,
+    to_frame_detections,
+)
+from ..editctrl_core.object_masks import (
+    dilate_mask,
+    mask_intersect,
+    mask_subtract,
+    mask_union,
+    object_tracks,
+    objects_to_masks,
+    preview_detections,
+    scale_box,
+    select_objects,
+    tracks_for,
+    union_masks,
+)
+from ..editctrl_core.text import TextConditioning
+from ..editctrl_core.tma import (
+    TMAConfig,
+    build_tma,
+    load_tma,
+    prepend_semantic_tokens,
+    semantic_tokens,
+    tiny_tma_config,
+)
+from .common import CATEGORY, EditConditioning, Progress, check_interrupt, pick_device
+
+log = logging.getLogger("editctrl")
+
+QwenType = io.Custom("EDITCTRL_QWEN")
+DetectionsType = io.Custom("EDITCTRL_DETECTIONS")
+SamType = io.Custom("EDITCTRL_SAM")
+
+LLM_FOLDER = "LLM"
+SAM_FOLDER = "sams"
+TINY_QWEN = ("tiny", "tiny-qwen2_5_vl", "tiny-qwen3_vl")
+TINY_SAM = tuple(f"tiny-{family}" for family in sam_core.SAM_FAMILIES)
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+DEVICES = ["auto", "cpu", "cuda"]
+SELECT_BY = ["label", "index", "text", "all"]
+ON_PARSE_ERROR = ["error", "skip keyframe"]
+COORDINATES = {
+    # name: (family whose mapping applies, image grid (t, h, w) or None for the frame size, patch size)
+    "pixels": ("qwen2_5_vl", None, 1),
+    "relative 0-1000 (Qwen3-VL)": ("qwen3_vl", None, 1),
+    "relative 0-1": ("qwen2_5_vl", (1, 1, 1), 1),
+}
+MASK_OPS = ["none", "union", "intersect", "subtract"]
+FRESH_TMA = "fresh"
+NO_SAM_NOTE = ("no SAM model connected: using the detection boxes as masks "
+               "(connect EditCtrl Load SAM for object silhouettes)")
+
+# Models whose weights leave the GPU after each use (chosen on their loader); weak so dropped models are not kept.
+_OFFLOAD_AFTER_USE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_detection_folders() -> None:
+    """Register ComfyUI model folders `models/LLM` (Qwen-VL) and `models/sams` (SAM) if they are not known yet."""
+    for name in (LLM_FOLDER, SAM_FOLDER):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+register_detection_folders()
+
+
+def model_folders(kind: str) -> list[str]:
+    """Names of the sub-folders of ComfyUI's `kind` model folders that hold a transformers model (config.json)."""
+    found: list[str] = []
+    for base in folder_paths.get_folder_paths(kind):
+        if not os.path.isdir(base):
+            continue
+        for name in sorted(os.listdir(base)):
+            if os.path.isfile(os.path.join(base, name, "config.json")) and name not in found:
+                found.append(name)
+    return found
+
+
+def resolve_model_folder(kind: str, name: str) -> Path:
+    """Absolute path of `models/<kind>/<name>`; names with path separators or '..' are refused."""
+    if not name or name in (".", "..") or os.path.isabs(name) or "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a folder name inside models/{kind}; pick one of the listed models")
+    for base in folder_paths.get_folder_paths(kind):
+        candidate = os.path.join(base, name)
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return Path(candidate)
+    raise FileNotFoundError(f"no model folder {name!r} with a config.json in {folder_paths.get_folder_paths(kind)}; "
+                            f"put the transformers model folder under models/{kind}/")
+
+
+def release(model: Any) -> None:
+    """Move a Qwen-VL or SAM model's weights off the GPU if its loader asked for offloading after use."""
+    if model in _OFFLOAD_AFTER_USE and model.device.type != "cpu":
+        model.offload("cpu")
+
+
+def frame_index(value: int, frames: int) -> int:
+    """A keyframe index (negative counts from the end) checked against the clip length."""
+    index = value + frames if value < 0 else value
+    if not 0 <= index < frames:
+        raise ValueError(f"keyframe {value} is outside the clip of {frames} frames (valid: 0..{frames - 1}, "
+                         "or negative from the end)")
+    return index
+
+
+def parse_keyframes(text: str, frames: int) -> list[int]:
+    """Sorted unique keyframe indices from a comma/space separated list such as '0, 12, -1'."""
+    keys: set[int] = set()
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError as err:
+            raise ValueError(f"keyframe list {text!r}: {part!r} is not a frame number; write e.g. '0, 12, 24'") from err
+        keys.add(frame_index(value, frames))
+    return sorted(keys)
+
+
+def choose_keyframes(count: int, indices: str, frames: int) -> list[int]:
+    """Explicit indices when given, else `count` frames spread evenly over the clip (first and last included)."""
+    if indices.strip():
+        keys = parse_keyframes(indices, frames)
+        if keys:
+            return keys
+    return qwen_core.evenly_spaced(frames, count)
+
+
+def check_images(images: torch.Tensor, who: str) -> tuple[int, int, int]:
+    """(frames, height, width) of an IMAGE batch, or a clear error."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+        raise ValueError(f"{who}: images must be an IMAGE batch [frames, height, width, 3]; got {tuple(images.shape)}")
+    return int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+
+
+def describe_detections(detections: Detections) -> str:
+    """Human-readable summary: objects, then the boxes on each keyframe."""
+    names = [t.name for t in object_tracks(detections)]
+    lines = [f"{detections.count()} detection(s) on keyframes {detections.keyframes} "
+             f"({detections.width}x{detections.height}); objects: {', '.join(names) or 'none'}"]
+    for k in detections.keyframes:
+        items = ", ".join(f"{d.label} [{d.box[0]:.0f}, {d.box[1]:.0f}, {d.box[2]:.0f}, {d.box[3]:.0f}]"
+                          for d in detections.frames[k])
+        lines.append(f"keyframe {k}: {items or 'nothing'}")
+    return "\n".join(lines)
+
+
+def detections_ui(images: torch.Tensor, detections: Detections, text: str,
+                  node: type[io.ComfyNode]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The labelled-box preview [K,H,W,3] and a UI dict that shows it with the summary text."""
+    preview = preview_detections(images, detections)
+    shown = ui.PreviewImage(preview, cls=node).as_dict()
+    shown["text"] = (text,)
+    return preview, shown
+
+
+def object_masks_for(detections: Detections, images: torch.Tensor, select_by: str, selection: str,
+                     who: str) -> dict[str, torch.Tensor]:
+    """Box masks [F,H,W] of the selected objects by name; errors name the available objects."""
+    frames, height, width = check_images(images, who)
+    if detections.count() == 0:
+        raise ValueError(f"{who}: no objects were detected on keyframes {detections.keyframes}, so there is nothing "
+                         "to select; check the detection preview (other prompt, more keyframes) or give boxes with "
+                         "EditCtrl Detections From JSON")
+    try:
+        masks = objects_to_masks(detections, frames, height, width)
+    except ValueError as err:
+        raise ValueError(f"{who}: {err}; connect the same video the detections were made on") from err
+    names = list(masks)
+    if select_by == "all":
+        return masks
+    if select_by not in SELECT_BY:
+        raise ValueError(f"{who}: select_by must be one of {SELECT_BY}; got {select_by!r}")
+    items = [s.strip() for s in re.split(r"[,;\n]", selection) if s.strip()]
+    if not items:
+        raise ValueError(f"{who}: the selection is empty; write the {select_by}(s) to edit, or use select_by 'all'. "
+                         f"Available objects: {names}")
+    try:
+        if select_by == "label":
+            chosen = select_objects(masks, labels=items)
+        elif select_by == "index":
+            try:
+                indices = [int(s) for part in items for s in part.split()]
+            except ValueError as err:
+                raise ValueError(f"{who}: index selection {selection!r} must be numbers like '0, 2'; "
+                                 f"available objects (in index order): {names}") from err
+            chosen = select_objects(masks, indices=indices)
+        else:
+            chosen = select_objects(masks, text=selection)
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"{who}: {err.args[0]}") from err
+    return chosen
+
+
+class EditCtrlQwenVLLoader(io.ComfyNode):
+    """Load Qwen2.5-VL / Qwen3-VL (transformers folder in models/LLM) or the tiny test preset."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Model choice, dtype, device, offloading."""
+        return io.Schema(
+            node_id="EditCtrlQwenVLLoader",
+            display_name="EditCtrl Load Qwen-VL",
+            category=CATEGORY + "/objects",
+            description="Qwen-VL for object grounding and TMA semantic tokens.",
+            inputs=[
+                io.Combo.Input("model", options=[*TINY_QWEN, *model_folders(LLM_FOLDER)], default="tiny",
+                               tooltip="A Qwen2.5-VL or Qwen3-VL folder under models/LLM (transformers layout, e.g. "
+                                       "Qwen2.5-VL-7B-Instruct), or a tiny preset with random weights for tests."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="'auto' = bfloat16 on a GPU that supports it, else float32."),
+                io.Combo.Input("device", options=DEVICES, default="auto"),
+                io.Boolean.Input("offload_after_use", default=True,
+                                 tooltip="Move the weights to the CPU after each use, freeing GPU memory for LTX-2."),
+            ],
+            outputs=[QwenType.Output(display_name="qwen")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, device: str, offload_after_use: bool) -> io.NodeOutput:
+        """Load the preset or folder."""
+        dev = pick_device(device)
+        start = time.perf_counter()
+        if model in TINY_QWEN:
+            qwen = qwen_core.load_or_tiny(model, device=dev)
+        else:
+            qwen = qwen_core.load_qwen_vl(resolve_model_folder(LLM_FOLDER, model), device=dev, dtype=dtype)
+        if offload_after_use:
+            _OFFLOAD_AFTER_USE.add(qwen)
+        log.info("EditCtrl: loaded Qwen-VL %s (%s, %s, %s) in %.1fs", qwen.name, qwen.family, qwen.dtype,
+                 qwen.device, time.perf_counter() - start)
+        return io.NodeOutput(qwen)
+
+
+class EditCtrlDetectObjects(io.ComfyNode):
+    """Ground objects with Qwen-VL on keyframes: boxes per keyframe, and a preview of the labelled boxes."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Qwen, frames, prompt and keyframes."""
+        return io.Schema(
+            node_id="EditCtrlDetectObjects",
+            display_name="EditCtrl Detect Objects (Qwen-VL)",
+            category=CATEGORY + "/objects",
+            description="Runs Qwen-VL's official grounding prompt on keyframes and parses the JSON boxes.",
+            inputs=[
+                QwenType.Input("qwen"),
+                io.Image.Input("images", tooltip="The video frames [F,H,W,3]; only the keyframes are sent to Qwen."),
+                io.Combo.Input("prompt_mode", options=list(PROMPT_MODES), default="all",
+                               tooltip="all: every object; categories: the listed categories; text: a description."),
+                io.String.Input("categories", default="",
+                                tooltip="categories mode: comma-separated names, e.g. 'person, wine glass'."),
+                io.String.Input("text", default="", tooltip="text mode: what to locate, e.g. 'the red car'."),
+                io.Int.Input("keyframe_count", default=3, min=1, max=256,
+                             tooltip="Keyframes spread evenly over the clip (first and last included)."),
+                io.String.Input("keyframe_indices", default="",
+                                tooltip="Explicit keyframes, e.g. '0, 12, -1' (negative = from the end); "
+                                        "overrides keyframe_count when not empty."),
+                io.Int.Input("max_new_tokens", default=512, min=8, max=8192,
+                             tooltip="Answer length limit; a list cut off here keeps its complete items."),
+                io.Combo.Input("on_parse_error", options=ON_PARSE_ERROR, default="error",
+                               tooltip="What to do when an answer holds no grounding JSON: stop with the model's "
+                                       "text, or leave that keyframe empty and go on."),
+            ],
+            outputs=[DetectionsType.Output(display_name="detections"),
+                     io.Image.Output(display_name="preview"),
+                     io.String.Output(display_name="answers")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, qwen: qwen_core.QwenVL, images: torch.Tensor, prompt_mode: str, categories: str, text: str,
+                keyframe_count: int, keyframe_indices: str, max_new_tokens: int,
+                on_parse_error: str) -> io.NodeOutput:
+        """Detect keyframe by keyframe (progress per keyframe), then map, clamp and merge boxes."""
+        frames, height, width = check_images(images, "EditCtrl Detect")
+        keys = choose_keyframes(keyframe_count, keyframe_indices, frames)
+        cats = [c.strip() for c in categories.split(",") if c.strip()]
+        qwen_core.grounding_prompt(qwen.family, prompt_mode, cats, text)  # validates the prompt inputs up front
+        result = Detections(width=width, height=height, num_frames=frames, family=qwen.family)
+        progress = Progress(len(keys))
+        notes: list[str] = []
+        start = time.perf_counter()
+        try:
+            for i, k in enumerate(keys):
+                check_interrupt()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    one = qwen_core.detect(qwen, images, [k], prompt_mode, cats, text, max_new_tokens, batch_size=1,
+                                           on_error="skip" if on_parse_error == "skip keyframe" else "raise")
+                for w in caught:
+                    notes.append(str(w.message))
+                    log.warning("EditCtrl Detect: %s", w.message)
+                result.frames.update(one.frames)
+                result.raw.update(one.raw)
+                progress(i + 1, len(keys))
+        except DetectionParseError as err:
+            raise ValueError(f"EditCtrl Detect: {err}. The answer holds no grounding JSON: raise max_new_tokens if it "
+                             "was cut off, try prompt_mode 'categories', or set on_parse_error to 'skip keyframe'. "
+                             "(The tiny presets have random weights and never answer sensibly; give boxes with "
+                             "EditCtrl Detections From JSON instead.)") from err
+        finally:
+            release(qwen)
+        elapsed = time.perf_counter() - start
+        log.info("EditCtrl Detect: %d keyframe(s) in %.2fs with %s", len(keys), elapsed, qwen.name)
+        summary = describe_detections(result)
+        if notes:
+            summary += "\n" + "\n".join(f"warning: {n}" for n in notes)
+        preview, shown = detections_ui(images, result, summary, cls)
+        answers = json.dumps({str(k): v for k, v in sorted(result.raw.items())})
+        return io.NodeOutput(result, preview, answers, ui=shown)
+
+
+def answers_by_keyframe(answer: str, keyframes: str, frames: int) -> dict[int, str] | Detections:
+    """Split user JSON into per-keyframe answers, or read it as a saved DETECTIONS value."""
+    try:
+        value = json.loads(answer)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and "frames" in value and "width" in value and "height" in value:
+        try:
+            return Detections.from_dict(value)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"EditCtrl Detections From JSON: the saved detections are malformed ({err})") from err
+    if isinstance(value, dict) and value and all(re.fullmatch(r"-?\d+", str(k).strip()) for k in value):
+        return {frame_index(int(k), frames): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+    keys = parse_keyframes(keyframes, frames)
+    if not keys:
+        raise ValueError("EditCtrl Detections From JSON: keyframes is empty; write the frame(s) the boxes belong to, "
+                         "e.g. '0'")
+    return {k: answer for k in keys}
+
+
+class EditCtrlDetectionsFromJSON(io.ComfyNode):
+    """Boxes typed in or saved as JSON, read by the same parser as Qwen-VL's answers (deterministic detections)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Frames, the JSON answer, its coordinate system and keyframes."""
+        return io.Schema(
+            node_id="EditCtrlDetectionsFromJSON",
+            display_name="EditCtrl Detections From JSON",
+            category=CATEGORY + "/objects",
+            description="A grounding answer in Qwen's JSON format (fenced or bare, e.g. "
+                        "[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"cup\"}]), a {keyframe: answer} object, or "
+                        "the 'answers' output of EditCtrl Detect Objects.",
+            inputs=[
+                io.Image.Input("images", tooltip="The video frames the boxes refer to."),
+                io.String.Input("answer", multiline=True, default="[]",
+                                tooltip="One answer for every listed keyframe, or {\"0\": [...], \"24\": [...]} "
+                                        "with an answer per keyframe."),
+                io.Combo.Input("coordinates", options=list(COORDINATES), default="pixels",
+                               tooltip="pixels: frame pixels; relative 0-1000: Qwen3-VL style; relative 0-1."),
+                io.String.Input("keyframes", default="0",
+                                tooltip="Keyframe(s) a single answer applies to, e.g. '0' or '0, 24'."),
+            ],
+            outputs=[DetectionsType.Output(display_name="detections"), io.Image.Output(display_name="preview")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, answer: str, coordinates: str, keyframes: str) -> io.NodeOutput:
+        """Parse each keyframe's answer and map it to frame pixels (clamped, degenerate dropped, duplicates merged)."""
+        frames, height, width = check_images(images, "EditCtrl Detections From JSON")
+        if coordinates not in COORDINATES:
+            raise ValueError(f"coordinates must be one of {list(COORDINATES)}; got {coordinates!r}")
+        family, grid, patch = COORDINATES[coordinates]
+        split = answers_by_keyframe(answer, keyframes, frames)
+        if isinstance(split, Detections):
+            result = split
+            for k in result.keyframes:
+                frame_index(k, frames)
+        else:
+            result = Detections(width=width, height=height, num_frames=frames, family=family)
+            for k, text in sorted(split.items()):
+                try:
+                    parsed = parse_grounding_answer(text)
+                except DetectionParseError as err:
+                    raise ValueError(f"EditCtrl Detections From JSON: keyframe {k}: {err}. Write a JSON list like "
+                                     "[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"cup\"}]") from err
+                result.frames[k] = to_frame_detections(parsed, family, width, height,
+                                                       grid_thw=grid or (1, height, width), patch_size=patch)
+                result.raw[k] = text
+        summary = describe_detections(result)
+        preview, shown = detections_ui(images, result, summary, cls)
+        return io.NodeOutput(result, preview, ui=shown)
+
+
+class EditCtrlSelectObjects(io.ComfyNode):
+    """Pick detected objects by label, index or text: their box masks over all frames."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Detections, frames and the selection."""
+        return io.Schema(
+            node_id="EditCtrlSelectObjects",
+            display_name="EditCtrl Select Objects",
+            category=CATEGORY + "/objects",
+            inputs=[
+                DetectionsType.Input("detections"),
+                io.Image.Input("images", tooltip="The video the mask is made for (its frame count and size)."),
+                io.Combo.Input("select_by", options=SELECT_BY, default="label",
+                               tooltip="label: exact names ('person' also picks 'person#2'); index: positions in the "
+                                       "object list; text: a phrase ('the red cup' picks 'cup'); all: every object."),
+                io.String.Input("selection", default="",
+                                tooltip="Comma-separated labels or indices, or a phrase for text mode."),
+            ],
+            outputs=[io.Mask.Output(display_name="mask"), io.String.Output(display_name="selected")],
+        )
+
+    @classmethod
+    def execute(cls, detections: Detections, images: torch.Tensor, select_by: str, selection: str) -> io.NodeOutput:
+        """Union of the selected objects' box masks (boxes interpolated between keyframes, held outside them)."""
+        chosen = object_masks_for(detections, images, select_by, selection, "EditCtrl Select")
+        names = list(chosen)
+        summary = f"selected {len(names)} object(s): {', '.join(names)}"
+        log.info("EditCtrl Select: %s", summary)
+        return io.NodeOutput(union_masks(chosen), ", ".join(names), ui=ui.PreviewText(summary))
+
+
+class EditCtrlSAMLoader(io.ComfyNode):
+    """Load SAM / SAM2 / SAM3 (transformers folder in models/sams) or a tiny test preset."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Model choice, image/video mode, dtype, device."""
+        return io.Schema(
+            node_id="EditCtrlSAMLoader",
+            display_name="EditCtrl Load SAM",
+            category=CATEGORY + "/objects",
+            inputs=[
+                io.Combo.Input("model", options=[*TINY_SAM, *model_folders(SAM_FOLDER)], default="tiny-sam2_video",
+                               tooltip="A SAM, SAM2 or SAM3 folder under models/sams (transformers layout, e.g. "
+                                       "sam2.1-hiera-large), or a tiny preset with random weights for tests."),
+                io.Combo.Input("mode", options=["auto", "video", "image"], default="auto",
+                               tooltip="video: propagate masks through every frame (SAM2/SAM3); image: segment "
+                                       "keyframes and move the silhouette with the box; auto: video when the "
+                                       "checkpoint has a video model. Tiny presets name their mode."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto"),
+                io.Combo.Input("device", options=DEVICES, default="auto"),
+                io.Boolean.Input("offload_after_use", default=True,
+                                 tooltip="Move the weights to the CPU after each use."),
+            ],
+            outputs=[SamType.Output(display_name="sam")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, mode: str, dtype: str, device: str, offload_after_use: bool) -> io.NodeOutput:
+        """Load the preset or folder."""
+        dev = pick_device(device)
+        video = {"auto": None, "video": True, "image": False}[mode]
+        start = time.perf_counter()
+        if model in TINY_SAM:
+            bundle = sam_core.tiny_sam(model[len("tiny-"):], device=dev)
+        else:
+            bundle = sam_core.load_sam(resolve_model_folder(SAM_FOLDER, model), device=dev, dtype=dtype, video=video)
+        if offload_after_use:
+            _OFFLOAD_AFTER_USE.add(bundle)
+        log.info("EditCtrl: loaded SAM %s (%s) in %.1fs", bundle.name, bundle.family, time.perf_counter() - start)
+        return io.NodeOutput(bundle)
+
+
+class EditCtrlSAMRefine(io.ComfyNode):
+    """Turn the selected objects' boxes into silhouettes with SAM (box masks when no SAM is connected)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Frames, detections, selection, optional SAM and clipping."""
+        return io.Schema(
+            node_id="EditCtrlSAMRefine",
+            display_name="EditCtrl SAM Refine",
+            category=CATEGORY + "/objects",
+            inputs=[
+                io.Image.Input("images"),
+                DetectionsType.Input("detections"),
+                io.Combo.Input("select_by", options=SELECT_BY, default="label",
+                               tooltip="As in EditCtrl Select Objects."),
+                io.String.Input("selection", default=""),
+                SamType.Input("sam", optional=True,
+                              tooltip="Unconnected: the box masks are used (and the node says so)."),
+                io.Boolean.Input("clip_to_box", default=True,
+                                 tooltip="Keep each silhouette inside its box grown by box_margin (also on frames "
+                                         "a video model propagated to)."),
+                io.Float.Input("box_margin", default=0.1, min=0.0, max=2.0, step=0.01,
+                               tooltip="Growth of the clipping box, as a fraction of its longest side (at least 4 px)."),
+                io.Float.Input("threshold", default=0.0, min=-20.0, max=20.0, step=0.1,
+                               tooltip="SAM mask-logit threshold; higher gives tighter silhouettes."),
+            ],
+            outputs=[io.Mask.Output(display_name="mask"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, detections: Detections, select_by: str, selection: str, clip_to_box: bool,
+                box_margin: float, threshold: float, sam: sam_core.SamBundle | None = None) -> io.NodeOutput:
+        """One SAM pass per selected object (progress per object); the union of the silhouettes."""
+        chosen = object_masks_for(detections, images, select_by, selection, "EditCtrl SAM Refine")
+        names = list(chosen)
+        if sam is None:
+            log.warning("EditCtrl SAM Refine: %s", NO_SAM_NOTE)
+            info = f"{NO_SAM_NOTE}; objects: {', '.join(names)}"
+            return io.NodeOutput(union_masks(chosen), info, ui=ui.PreviewText(info))
+        frames, height, width = check_images(images, "EditCtrl SAM Refine")
+        sx, sy = width / detections.width, height / detections.height
+        margin = box_margin if clip_to_box else None
+        progress = Progress(len(names))
+        notes: list[str] = []
+        result = torch.zeros(frames, height, width)
+        start = time.perf_counter()
+        try:
+            for i, track in enumerate(tracks_for(detections, names)):
+                check_interrupt()
+                boxes = {k: [scale_box(box, sx, sy)] for k, box in track.boxes.items()}
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    mask = sam_core.refine(sam, images, boxes, threshold=threshold, clip_margin=margin,
+                                           track_clip_margin=margin)
+                notes += [f"{track.name}: {w.message}" for w in caught]
+                result = torch.maximum(result, mask.to(result.dtype))
+                progress(i + 1, len(names))
+        finally:
+            release(sam)
+        elapsed = time.perf_counter() - start
+        info = (f"SAM {sam.family} ({sam.name}) refined {len(names)} object(s) over {frames} frames in "
+                f"{elapsed:.2f}s: {', '.join(names)}")
+        if notes:
+            info += "\n" + "\n".join(f"warning: {n}" for n in notes)
+        log.info("EditCtrl SAM Refine: %s", info)
+        return io.NodeOutput(result, info, ui=ui.PreviewText(info))
+
+
+def match_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks as [F,H,W] with one-frame masks repeated to the other's frame count; shapes must then agree."""
+    a = a.unsqueeze(0) if a.ndim == 2 else a
+    b = b.unsqueeze(0) if b.ndim == 2 else b
+    if a.shape[0] == 1 and b.shape[0] > 1:
+        a = a.expand(b.shape[0], -1, -1)
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        b = b.expand(a.shape[0], -1, -1)
+    if a.shape != b.shape:
+        raise ValueError(f"EditCtrl Mask Ops: mask_a {tuple(a.shape)} and mask_b {tuple(b.shape)} differ; "
+                         "make both masks for the same video")
+    return a.float(), b.float()
+
+
+class EditCtrlMaskOps(io.ComfyNode):
+    """Combine two masks (union / intersect / subtract), then grow or shrink the result in pixels."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Masks, operation and growth."""
+        return io.Schema(
+            node_id="EditCtrlMaskOps",
+            display_name="EditCtrl Mask Ops",
+            category=CATEGORY + "/masks",
+            inputs=[
+                io.Mask.Input("mask_a"),
+                io.Combo.Input("operation", options=MASK_OPS, default="none",
+                               tooltip="none: only grow/shrink mask_a; union: a or b; intersect: a and b; "
+                                       "subtract: a without b."),
+                io.Int.Input("grow_px", default=0, min=-512, max=512,
+                             tooltip="Grow (positive) or shrink (negative) the result by this many pixels."),
+                io.Mask.Input("mask_b", optional=True),
+            ],
+            outputs=[io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, mask_a: torch.Tensor, operation: str, grow_px: int,
+                mask_b: torch.Tensor | None = None) -> io.NodeOutput:
+        """Apply the operation, then dilate/erode."""
+        if operation == "none":
+            out = mask_a.float()
+        else:
+            if mask_b is None:
+                raise ValueError(f"EditCtrl Mask Ops: '{operation}' needs mask_b; connect a second mask or choose "
+                                 "'none'")
+            a, b = match_frames(mask_a, mask_b)
+            ops = {"union": mask_union, "intersect": mask_intersect, "subtract": mask_subtract}
+            if operation not in ops:
+                raise ValueError(f"EditCtrl Mask Ops: operation must be one of {MASK_OPS}; got {operation!r}")
+            out = ops[operation](a, b)
+        return io.NodeOutput(dilate_mask(out, grow_px))
+
+
+def tma_files() -> list[str]:
+    """.safetensors files in models/editctrl (TMA connectors among them)."""
+    try:
+        return [n for n in folder_paths.get_filename_list("editctrl") if n.endswith(".safetensors")]
+    except KeyError:
+        return []
+
+
+def tma_connector(choice: str, qwen_dim: int, text_dim: int, tiny: bool, seed: int) -> tuple[Any, str]:
+    """A fresh connector sized for the models, or one loaded strictly from models/editctrl; plus its description."""
+    if choice == FRESH_TMA:
+        config = tiny_tma_config(qwen_dim, text_dim) if tiny else TMAConfig(qwen_dim=qwen_dim, text_dim=text_dim,
+                                                                            mlp_dim=qwen_dim)
+        return build_tma(config, seed=seed), f"fresh TMA (untrained, seed {seed})"
+    path = folder_paths.get_full_path_or_raise("editctrl", choice)
+    connector, base = load_tma(path)
+    config = connector.config
+    if config.qwen_dim != qwen_dim:
+        raise ValueError(f"TMA file {choice} reads Qwen hidden states {config.qwen_dim} wide but the loaded Qwen-VL's "
+                         f"are {qwen_dim}; load the Qwen-VL it was trained with ({base or 'not recorded'})")
+    if config.text_dim != text_dim:
+        raise ValueError(f"TMA file {choice} makes tokens {config.text_dim} wide but the conditioning is {text_dim} "
+                         "wide; use the TMA trained for this LTX-2 model's text encoder")
+    return connector, f"TMA {choice} (base {base or 'not recorded'})"
+
+
+class EditCtrlTMATokens(io.ComfyNode):
+    """Prepend 8 TMA semantic tokens (Qwen-VL reads keyframes + caption) to the conditioning."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Conditioning, Qwen, frames, caption, TMA weights."""
+        return io.Schema(
+            node_id="EditCtrlTMATokens",
+            display_name="EditCtrl TMA Semantic Tokens",
+            category=CATEGORY,
+            description="Qwen-VL hidden states over K evenly spaced frames + editing template + caption, pooled by "
+                        "learnable queries into tokens prepended to the text context (mask extended).",
+            inputs=[
+                EditConditioning.Input("conditioning"),
+                QwenType.Input("qwen"),
+                io.Image.Input("images"),
+                io.String.Input("caption", multiline=True, default="",
+                                tooltip="What the edited video shows; empty = the conditioning's prompt."),
+                io.Combo.Input("tma_weights", options=[FRESH_TMA, *tma_files()], default=FRESH_TMA,
+                               tooltip="A TMA connector from models/editctrl, or 'fresh': a newly initialised one "
+                                       "sized for these models (untrained; for tests and wiring)."),
+                io.Int.Input("k_frames", default=4, min=1, max=64, tooltip="Frames Qwen-VL looks at."),
+                io.Int.Input("task", default=0, min=0, max=64, tooltip="Meta-query task id."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Initialisation of a fresh connector."),
+            ],
+            outputs=[EditConditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, conditioning: TextConditioning, qwen: qwen_core.QwenVL, images: torch.Tensor, caption: str,
+                tma_weights: str, k_frames: int, task: int, seed: int) -> io.NodeOutput:
+        """Hidden states (content-hash cached), TMA pooling, prepend with the mask extended."""
+        check_images(images, "EditCtrl TMA")
+        text = caption.strip() or conditioning.prompt.strip()
+        if not text:
+            raise ValueError("EditCtrl TMA: the caption is empty and the conditioning has no prompt; write what the "
+                             "edited video shows")
+        text_dim = int(conditioning.embeds.shape[-1])
+        connector, what = tma_connector(tma_weights, qwen.hidden_size, text_dim, qwen.name.startswith("tiny"), seed)
+        if not 0 <= task < connector.config.num_tasks:
+            raise ValueError(f"EditCtrl TMA: task {task} is out of range; {what} has {connector.config.num_tasks} "
+                             "task(s)")
+        cache = qwen_core.DEFAULT_HIDDEN_CACHE
+        hits = cache.hits
+        check_interrupt()
+        try:
+            states = qwen_core.hidden_states(qwen, images, text, k_frames=k_frames)
+        finally:
+            release(qwen)
+        source = "cached" if cache.hits > hits else "computed"
+        tokens = semantic_tokens(connector, states, None, task)
+        embeds, mask = prepend_semantic_tokens(conditioning.embeds, conditioning.mask, tokens)
+        info = (f"{tokens.shape[1]} semantic tokens from {what}; Qwen hidden states {source} "
+                f"({states.shape[1]} x {states.shape[2]}); conditioning {conditioning.embeds.shape[1]} -> "
+                f"{embeds.shape[1]} tokens")
+        log.info("EditCtrl TMA: %s", info)
+        return io.NodeOutput(TextConditioning(embeds, mask, conditioning.prompt), ui=ui.PreviewText(info))
+
+
+NODES = [EditCtrlQwenVLLoader, EditCtrlDetectObjects, EditCtrlDetectionsFromJSON, EditCtrlSelectObjects,
+         EditCtrlSAMLoader, EditCtrlSAMRefine, EditCtrlMaskOps, EditCtrlTMATokens]

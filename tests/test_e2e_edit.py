@@ -194,3 +194,27 @@ def test_region_mask_of_another_size_is_refused(comfy_server: ComfyServer, demo_
     result = comfy_server.run(wf, timeout=300, check=False)
     assert result.error is not None
     assert "region 1 mask" in result.error["data"]["exception_message"]
+
+
+def test_loader_reads_checkpoint_files_from_model_folders(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    from safetensors.torch import save_file
+
+    from editctrl_core.models import build_transformer, build_vae, load_preset, save_transformer_official
+
+    preset = load_preset("tiny")
+    ckpt_dir = comfy_server.models_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_transformer_official(build_transformer(preset), ckpt_dir / "editctrl-tiny.safetensors", build_vae(preset))
+    state = build_transformer(preset).state_dict()
+    state["transformer_blocks.0.attn1.to_q.weight"] = torch.zeros(32, 8)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt_dir / "editctrl-broken.safetensors"))
+    choices = comfy_server.object_info("EditCtrlModelLoader")["EditCtrlModelLoader"]["input"]["required"]
+    assert "checkpoints/editctrl-tiny.safetensors" in choices["weights"][1]["options"]
+    ok = comfy_server.run(_workflow(**{"3": {"preset": "auto", "weights": "checkpoints/editctrl-tiny.safetensors"},
+                                       "9": {"steps": 1}}), timeout=300, check=False)
+    assert ok.error is None, ok.error
+    bad = comfy_server.run(_workflow(**{"3": {"preset": "tiny", "weights": "checkpoints/editctrl-broken.safetensors"},
+                                        "9": {"steps": 1}}), timeout=300, check=False)
+    assert bad.error is not None
+    message = bad.error["data"]["exception_message"]
+    assert "transformer_blocks.0.attn1.to_q.weight" in message and "(32, 8)" in message

@@ -473,7 +473,10 @@ class EditCtrlSAMLoader(io.ComfyNode):
     def execute(cls, model: str, mode: str, dtype: str, device: str, offload_after_use: bool) -> io.NodeOutput:
         """Load the preset or folder."""
         dev = pick_device(device)
-        video = {"auto": None, "video": True, "image": False}[mode]
+        modes = {"auto": None, "video": True, "image": False}
+        if mode not in modes:
+            raise ValueError(f"EditCtrl Load SAM: mode must be one of {list(modes)}; got {mode!r}")
+        video = modes[mode]
         start = time.perf_counter()
         if model in TINY_SAM:
             bundle = sam_core.tiny_sam(model[len("tiny-"):], device=dev)

@@ -19,6 +19,8 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors import SafetensorError, safe_open
 
+from .fp8 import strict_load_fp8
+
 PRESET_DIR = Path(__file__).parent / "presets"
 OFFICIAL_TRANSFORMER_PREFIX = "model.diffusion_model."
 OFFICIAL_VAE_PREFIX = "vae."
@@ -256,7 +258,7 @@ def load_models(source: str | Path | None, preset_name: str = "auto", *, dtype: 
         preset = _check_preset(preset_name, detected, str(path))
         preset.transformer = {**preset.transformer, **{k: v for k, v in t_config.items()
                                                        if k in preset.transformer}}
-        transformer = strict_load(build_transformer(preset, empty=True), t_state, what=f"{path.name}/transformer",
+        transformer = strict_load_fp8(build_transformer(preset, empty=True), t_state, what=f"{path.name}/transformer",
                                   dtype=dtype, device=device)
         vae = None
         if (path / "vae").is_dir():
@@ -271,7 +273,7 @@ def load_models(source: str | Path | None, preset_name: str = "auto", *, dtype: 
     state = read_safetensors(path)
     t_state = transformer_state_from_checkpoint({k: v for k, v in state.items() if not k.startswith(
         (OFFICIAL_VAE_PREFIX, "audio_vae.", "vocoder.", "text_embedding_projection."))})
-    transformer = strict_load(build_transformer(preset, empty=True), t_state, what=path.name, dtype=dtype,
+    transformer = strict_load_fp8(build_transformer(preset, empty=True), t_state, what=path.name, dtype=dtype,
                               device=device)
     vae = None
     vae_state = {k: v for k, v in state.items() if k.startswith(OFFICIAL_VAE_PREFIX)}

@@ -99,8 +99,10 @@ def region_text(positive: TextConditioning, regions: list[tuple[torch.Tensor, Te
     for number, (token_mask, _) in enumerate(regions, start=1):
         owner[token_mask.flatten()[index]] = number
     spans = torch.cat([torch.full((t.embeds.shape[1],), i, dtype=torch.long) for i, t in enumerate(texts)])
+    audio = [t.audio_embeds for t in texts]
     combined = TextConditioning(torch.cat([t.embeds for t in texts], dim=1),
-                                torch.cat([t.mask for t in texts], dim=1), positive.prompt)
+                                torch.cat([t.mask for t in texts], dim=1), positive.prompt,
+                                torch.cat(audio, dim=1) if all(a is not None for a in audio) else None)
     keep = (spans[None, :] == owner[:, None]) & (combined.mask[0].cpu()[None, :] > 0)
     if negative is None:
         return combined, keep[None]
@@ -154,7 +156,8 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     keep = None
     if region_masks:
         text, keep = region_text(positive, region_masks, negative if use_cfg else None, index)
-        encoder_text = TextConditioning(text.embeds[:1], text.mask[:1])
+        encoder_text = TextConditioning(text.embeds[:1], text.mask[:1], audio_embeds=None if text.audio_embeds is None
+                                        else text.audio_embeds[:1])
     else:
         text = concat_conditionings([positive, negative]) if use_cfg else positive
         encoder_text = positive

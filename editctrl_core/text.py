@@ -20,9 +20,11 @@ class TextConditioning:
     embeds: torch.Tensor
     mask: torch.Tensor
     prompt: str = ""
+    audio_embeds: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TextConditioning:
-        return TextConditioning(self.embeds.to(device=device, dtype=dtype), self.mask.to(device), self.prompt)
+        audio = None if self.audio_embeds is None else self.audio_embeds.to(device=device, dtype=dtype)
+        return TextConditioning(self.embeds.to(device=device, dtype=dtype), self.mask.to(device), self.prompt, audio)
 
 
 class ByteTokenizer:
@@ -71,9 +73,12 @@ class TinyTextEncoder:
 def concat_conditionings(items: list[TextConditioning]) -> TextConditioning:
     """Batch several conditionings (e.g. positive and negative for CFG), padding to the longest."""
     length = max(c.embeds.shape[1] for c in items)
-    embeds, masks = [], []
+    embeds, masks, audio = [], [], []
     for c in items:
         pad = length - c.embeds.shape[1]
         embeds.append(torch.nn.functional.pad(c.embeds, (0, 0, 0, pad)))
         masks.append(torch.nn.functional.pad(c.mask, (0, pad)))
-    return TextConditioning(torch.cat(embeds), torch.cat(masks))
+        extra = getattr(c, "audio_embeds", None)
+        audio.append(None if extra is None else torch.nn.functional.pad(extra, (0, 0, 0, pad)))
+    return TextConditioning(torch.cat(embeds), torch.cat(masks),
+                            audio_embeds=torch.cat(audio) if all(a is not None for a in audio) else None)

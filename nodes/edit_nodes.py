@@ -14,6 +14,7 @@ from ..editctrl_core.geometry import GeometryError
 from ..editctrl_core.sampler import EditResult, Region, SamplerSettings, sample_edit
 from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.vae import decode_latents
+from . import vram
 from .common import (
     CATEGORY,
     EditBlend,
@@ -55,6 +56,7 @@ class EditCtrlVAEEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, snap: bool) -> io.NodeOutput:
         check_interrupt()
+        vram.load(vae)
         try:
             ctx = prepare_edit(vae, images, mask, snap=snap)
         except GeometryError as exc:
@@ -122,6 +124,7 @@ class EditCtrlSampler(io.ComfyNode):
             if tuple(region.mask.shape) != tuple(edit_context.mask.shape):
                 raise ValueError(f"region {number} mask {tuple(region.mask.shape)} does not match the edit context "
                                  f"{tuple(edit_context.mask.shape)}; make region masks from the same frames")
+        vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
         with model.lora_patch():
             result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
                                  regions=regions)
@@ -203,6 +206,7 @@ class EditCtrlVAEDecode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, latents: EditResult) -> io.NodeOutput:
         check_interrupt()
+        vram.load(vae)
         return io.NodeOutput(decode_latents(vae, latents.latents))
 
 

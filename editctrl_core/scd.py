@@ -384,17 +384,17 @@ class SCDModel:
 
     def decode(self, plan: DecodePlan, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """One decoder pass over the selected noisy tokens x [B,n,C] at σ [B]; returns velocity [B,n,C]."""
+        if not self.options.concat:
+            raise ValueError("decode needs the token-concat decoder (SCDOptions.concat=True); the plain split without "
+                             "concat is only a parity check: use forward_split")
         self.decoder_calls += 1
         s = self.stack
         batch, n, _ = x.shape
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
         noisy = s.model.proj_in(x.to(s.device, s.dtype))
-        if self.options.concat:
-            hidden = torch.cat([plan.prefix, noisy], dim=1)
-            time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
-        else:
-            hidden = plan.prefix
+        hidden = torch.cat([plan.prefix, noisy], dim=1)
+        time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
         hooks = list(self.decoder_block_hooks)
         if self.local is not None:
             residuals = self._local_residuals(plan, sigma, batch)
@@ -418,9 +418,7 @@ class SCDModel:
         finally:
             for handle in handles:
                 handle.remove()
-        if self.options.concat:
-            hidden = hidden[:, n:]
-        return s.head(hidden, time.embedded)
+        return s.head(hidden[:, n:], time.embedded)
 
     def forward_split(self, x: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int, int],
                       text: TextConditioning) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Cached fast paths equal the uncached ones: text/global/prefix K/V caches, chunked causal encoder, full step."""
+
+import pytest
+import torch
+
+from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
+from editctrl_core.context import to_tokens
+from editctrl_core.fast_decode import FastDecoder, FastStack, fast_encode
+from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.scd import SCDModel, SCDOptions
+from editctrl_core.text import TinyTextEncoder, concat_conditionings
+
+PRESET = load_preset("tiny")
+INNER = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]
+CH = PRESET.transformer["in_channels"]
+DEC = PRESET.transformer["num_layers"] - PRESET.split_layer
+GRID = (3, 4, 5)
+
+
+def _adapters() -> tuple[LocalContextModule, GlobalContextEmbedder]:
+    """Adapters with non-zero output projections, so their residuals really reach the decoder."""
+    torch.manual_seed(0)
+    local = LocalContextModule(LocalContextConfig(in_channels=CH + 1, width=16, num_blocks=2, heads=2, head_dim=8,
+                                                  text_dim=INNER, model_dim=INNER, target_blocks=(0, 1)))
+    glob = GlobalContextEmbedder(GlobalContextConfig(in_channels=CH + 1, model_dim=INNER, max_tokens=8, heads=2,
+                                                     head_dim=8, target_blocks=tuple(range(DEC))))
+    with torch.no_grad():
+        for p in list(local.out_proj.parameters()) + list(glob.parameters()):
+            p.normal_(0, 0.3)
+    return local, glob
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = build_transformer(PRESET)
+    enc = TinyTextEncoder(PRESET)
+    positive = enc.encode(["a red boat on a lake"])
+    text = concat_conditionings([positive, enc.encode([""])])
+    assert not bool(text.mask.all())  # padded prompt: the text mask is exercised
+    gen = torch.Generator().manual_seed(3)
+    background = torch.randn(1, CH, *GRID, generator=gen)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[1:, 1:3, 1:4] = True
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer))
+    local, glob = _adapters()
+    scd.attach(local, glob)
+    index = mask.flatten().nonzero().squeeze(1)
+    with torch.no_grad():
+        context = scd.encode(to_tokens(background), GRID, positive)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+    x = torch.randn(2, index.numel(), CH, generator=gen)
+    return scd, plan, text, background, x, positive
+
+
+def test_cached_text_and_global_kv_equal_scd_decode(setup):
+    scd, plan, _, _, x, _ = setup
+    sigma = torch.tensor([0.7, 0.7])
+    with torch.no_grad():
+        ref = scd.decode(plan, x, sigma)
+        fast = FastDecoder(scd, plan)(x, sigma)
+        again = FastDecoder(scd, plan)(x, torch.tensor([0.3, 0.3]))
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(again, fast)  # σ really changes the cached path's output
+
+
+def test_one_way_prefix_cache_equals_uncached_masked_decoder(setup):
+    scd, plan, _, _, x, _ = setup
+    n = plan.index.numel()
+    bias = FastDecoder.one_way_bias(n, 2, x.device, torch.float32)
+    with torch.no_grad():
+        cached = FastDecoder(scd, plan, one_way_prefix=True)
+        uncached = FastDecoder(scd, plan, self_bias=bias)
+        bidirectional = FastDecoder(scd, plan)
+        for s in (0.9, 0.4):
+            sigma = torch.tensor([s, s])
+            torch.testing.assert_close(cached(x, sigma), uncached(x, sigma), atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(cached(x, sigma), bidirectional(x, sigma), atol=1e-4)
+        plan.prefix = plan.prefix + 1.0
+        try:
+            moved = FastDecoder(scd, plan, one_way_prefix=True)(x, sigma)
+        finally:
+            plan.prefix = plan.prefix - 1.0
+    assert not torch.allclose(moved, cached(x, sigma), atol=1e-4)  # the cached prefix is really used
+
+
+def test_chunked_causal_encoder_equals_masked_encoder(setup):
+    scd, _, _, background, _, positive = setup
+    with torch.no_grad():
+        ref = scd.encode(to_tokens(background), GRID, positive)
+        fast = fast_encode(scd, to_tokens(background), GRID, positive)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_full_step_equals_plain_model(setup):
+    scd, _, text, background, _, _ = setup
+    plain = SCDModel(scd.transformer, SCDOptions(split_layer=PRESET.split_layer, causal=False, shift=False,
+                                                 concat=False))
+    x = to_tokens(background).expand(2, -1, -1)
+    sigma = torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        ref = plain.forward_split(x, sigma, GRID, text)
+        stack = FastStack(scd.stack, text)
+        fast = stack.full_step(x, sigma, stack.rope(GRID, 2))
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import folder_paths
 from comfy_api.latest import io
 
 from ..editctrl_core.editmodel import EditModel
@@ -24,6 +25,12 @@ from .common import (
 )
 
 log = logging.getLogger("editctrl")
+FROM_CHECKPOINT = "(from checkpoint)"
+
+
+def list_vae_files() -> list[str]:
+    """Safetensors files in ComfyUI's models/vae folder."""
+    return [n for n in folder_paths.get_filename_list("vae") if n.endswith(".safetensors")]
 
 
 class EditCtrlModelLoader(io.ComfyNode):
@@ -47,21 +54,29 @@ class EditCtrlModelLoader(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto"),
                 io.Int.Input("split_layer", default=0, min=0, max=256,
                              tooltip="SCD split layer k (encoder = blocks [0,k)). 0 = the default (32 of 48)."),
+                io.Combo.Input("vae_weights", options=[FROM_CHECKPOINT, *list_vae_files()], default=FROM_CHECKPOINT,
+                               optional=True,
+                               tooltip="A separate VAE file from models/vae (for split transformer files such as "
+                                       "LTX-2.5's); by default the VAE inside the checkpoint or folder is used."),
             ],
             outputs=[EditModelType.Output(display_name="model"), EditVAE.Output(display_name="vae")],
         )
 
     @classmethod
-    def execute(cls, preset: str, weights: str, dtype: str, device: str, split_layer: int) -> io.NodeOutput:
+    def execute(cls, preset: str, weights: str, dtype: str, device: str, split_layer: int,
+                vae_weights: str = FROM_CHECKPOINT) -> io.NodeOutput:
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         path = resolve_model_source(weights)
         if path is None and preset == "auto":
             raise ValueError("preset 'auto' needs a weights file; choose a preset such as 'tiny' or pick a file")
-        loaded = load_models(path, preset, dtype=dt, device=dev)
+        vae_path = None if vae_weights == FROM_CHECKPOINT else folder_paths.get_full_path_or_raise("vae", vae_weights)
+        if vae_path is not None and path is None:
+            raise ValueError("a separate VAE file needs a transformer weights file too (preset weights include a VAE)")
+        loaded = load_models(path, preset, dtype=dt, device=dev, vae_path=vae_path)
         if loaded.vae is None:
-            raise ValueError(f"{weights} holds no VAE; use an official single-file checkpoint or a diffusers folder "
-                             "with a vae/ sub-folder")
+            raise ValueError(f"{weights} holds no VAE; pick the matching VAE file in 'vae_weights' (models/vae), or "
+                             "use an official single-file checkpoint or a diffusers folder with a vae/ sub-folder")
         layers = loaded.preset.transformer["num_layers"]
         k = split_layer or (loaded.preset.split_layer if loaded.preset.transformer["num_layers"] == layers
                             else default_split_layer(layers))

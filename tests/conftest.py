@@ -29,6 +29,7 @@ MODEL_FOLDERS = (
     "sams",
     "text_encoders",
     "upscale_models",
+    "vae",
 )
 
 

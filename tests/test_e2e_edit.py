@@ -218,3 +218,23 @@ def test_loader_reads_checkpoint_files_from_model_folders(comfy_server: ComfySer
     assert bad.error is not None
     message = bad.error["data"]["exception_message"]
     assert "transformer_blocks.0.attn1.to_q.weight" in message and "(32, 8)" in message
+
+
+def test_split_transformer_file_with_separate_vae(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    from safetensors.torch import save_file
+
+    from editctrl_core.models import build_transformer, build_vae, load_preset, save_transformer_official
+
+    preset = load_preset("tiny")
+    (comfy_server.models_dir / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    (comfy_server.models_dir / "vae").mkdir(parents=True, exist_ok=True)
+    save_transformer_official(build_transformer(preset), comfy_server.models_dir / "diffusion_models" / "split.safetensors")
+    save_file({k: v.contiguous() for k, v in build_vae(preset).state_dict().items()},
+              str(comfy_server.models_dir / "vae" / "tiny-vae.safetensors"))
+    no_vae = comfy_server.run(_workflow(**{"3": {"preset": "auto", "weights": "diffusion_models/split.safetensors"},
+                                           "9": {"steps": 1}}), timeout=300, check=False)
+    assert no_vae.error is not None and "vae_weights" in no_vae.error["data"]["exception_message"]
+    ok = comfy_server.run(_workflow(**{"3": {"preset": "auto", "weights": "diffusion_models/split.safetensors",
+                                             "vae_weights": "tiny-vae.safetensors"}, "9": {"steps": 1}}),
+                          timeout=300, check=False)
+    assert ok.error is None, ok.error

@@ -78,8 +78,12 @@ def test_offload_after_encode_leaves_nothing_registered(comfy_server: ComfyServe
     assert _wait_empty(comfy_server) == []
     result = comfy_server.run(_workflow(vram_clip, offload=True, positive="a grey wall"), timeout=300, check=False)
     assert result.error is None, result.error
-    assert _ours(comfy_server) == []
+    names = [m["name"] for m in _ours(comfy_server)]
+    assert not any("text encoder" in n for n in names), names
+    assert any("transformer" in n for n in names) and any("VAE" in n for n in names), names
     assert "text encoder" in comfy_server.log_text()
+    comfy_server.free(unload_models=True, free_memory=False)
+    assert _wait_empty(comfy_server) == []
 
 
 def test_interrupted_run_leaves_models_tracked_and_free_releases_them(comfy_server: ComfyServer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ class EditModel:
 
     def with_lora(self, lora: LoraFile, strength: float) -> EditModel:
         """A copy that also applies `lora` at `strength` while sampling (the shared base model is never changed)."""
-        name = f"LoRA {lora.path.name if lora.path else 'in-memory'} x{strength:g}"
+        name = f"LoRA {Path(lora.path).name if lora.path else 'in-memory'} x{strength:g}"
         return replace(self, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
 
     def lora_patch(self) -> contextlib.AbstractContextManager:

@@ -1,0 +1,410 @@
+"""Training configuration: YAML → typed dataclasses, validated on load with errors that name the bad field.
+
+Every section and field is listed below with its default; unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError` naming the dotted path (e.g. ``stages[1].lora.rank``). :func:`config_hash` is a stable hash of
+the fully resolved config, written into every checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("scd", "editctrl_local", "editctrl_global", "tma")
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTIONS = ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+
+
+class ConfigError(ValueError):
+    """A config value that is missing, unknown, of the wrong type or out of range; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    """Base model: a shipped preset with seeded weights, or a weights file/folder; SCD split; precision."""
+
+    preset: str = "tiny"
+    weights: str | None = None
+    vae_weights: str | None = None
+    split_layer: int | None = None
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    init_lora: str | None = None
+    init_local: str | None = None
+    init_global: str | None = None
+    init_tma: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """Generate synthetic clips (moving shape over texture) into the clip folder before precompute."""
+
+    count: int = 16
+    frames: int = 17
+    height: int = 64
+    width: int = 96
+    seed: int = 0
+    caption: str = "the empty textured background, no object"
+    with_targets: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Clips + captions, the shape rule, and where cached latents/text embeddings go."""
+
+    clips: str | None = None
+    captions: str | None = None
+    cache_dir: str | None = None
+    frames: int = 17
+    height: int | None = None
+    width: int | None = None
+    frame_stride: int = 1
+    synthetic: SyntheticConfig | None = None
+    qwen_feature_dir: str | None = None
+    text_encoder: str = "tiny"
+
+
+@dataclass
+class MaskConfig:
+    """Training masks (fields of `training.masks.MaskStrategyConfig`)."""
+
+    mode: str = "mixed"
+    semantic_mask_ratio: float = 0.7
+    min_area: float = 0.05
+    max_area: float = 0.6
+    shapes: list[str] = field(default_factory=lambda: ["rect", "ellipse", "brush"])
+    object_min_area: float = 0.01
+    object_max_area: float = 0.8
+    semantic_mask_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and diffusion-loss settings shared by all stages."""
+
+    seed: int = 0
+    batch_size: int = 1
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    mixed_precision: str = "no"
+    timestep_sampling: str = "shifted_logit_normal"
+    timestep_shift: float = 1.0
+    encoder_noise: float = 0.05
+    context_frame_ratio: float = 0.1
+    dilation: int = 1
+    caption_dropout: float = 0.0
+    cpu_threads: int = 0
+
+
+@dataclass
+class OutputConfig:
+    """Where and how often checkpoints, logs and debug images are written."""
+
+    dir: str = "runs/editctrl"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 0
+    log_every: int = 1
+    tensorboard: bool = True
+    wandb: bool = False
+    debug_image_every: int = 0
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA on the transformer's attention projections (decoder blocks; optionally encoder blocks too)."""
+
+    rank: int = 32
+    alpha: float = 32.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    attentions: list[str] = field(default_factory=lambda: ["attn1", "attn2"])
+    encoder: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class LocalConfig:
+    """LocalContextModule shape (model-dependent widths are filled from the transformer)."""
+
+    width: int = 512
+    num_blocks: int = 2
+    heads: int = 8
+    head_dim: int = 64
+    target_every: int = 2
+
+
+@dataclass
+class GlobalConfig:
+    """GlobalContextEmbedder shape (model width and decoder blocks are filled from the transformer)."""
+
+    max_tokens: int = 256
+    heads: int = 8
+    head_dim: int = 128
+
+
+@dataclass
+class TMAStageConfig:
+    """TMA connector shape (Qwen width comes from the cached features, text width from the model)."""
+
+    num_tasks: int = 6
+    num_queries: int = 8
+    num_heads: int = 8
+    mlp_dim: int = 3584
+    dropout: float = 0.1
+    task: int = 0
+
+
+@dataclass
+class StageConfig:
+    """One training stage: which parameters train, for how many optimiser steps, at which learning rate."""
+
+    name: str = "scd"
+    steps: int = 100
+    lr: float = 1e-4
+    decoder_lr_mult: float = 2.0
+    lora: LoraConfig | None = None
+    train_lora: bool | None = None
+    local: LocalConfig | None = None
+    global_context: GlobalConfig | None = None
+    tma: TMAStageConfig | None = None
+    decode_tokens: str = "masked"
+
+
+@dataclass
+class Config:
+    """The whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+
+
+def _type_name(tp: Any) -> str:
+    """Readable name of a type annotation."""
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert one YAML value against an annotation; raise ConfigError naming `path`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{path}: must not be empty")
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: must be a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown field (known fields of {path or 'the config'}: "
+                          f"{', '.join(names)})")
+    values = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**values)
+
+
+def _need(cond: bool, path: str, message: str) -> None:
+    """Raise ConfigError(path: message) unless cond."""
+    if not cond:
+        raise ConfigError(f"{path}: {message}")
+
+
+def _one_of(value: str, options: tuple[str, ...] | list[str], path: str) -> None:
+    """Raise unless value is one of options."""
+    _need(value in options, path, f"{value!r} is not one of {list(options)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range/choice checks across the config; raises ConfigError naming the first bad field. Returns cfg."""
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.output
+    from editctrl_core.models import list_presets
+
+    _one_of(m.preset, list_presets(), "model.preset")
+    _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
+    if m.split_layer is not None:
+        _need(m.split_layer >= 1, "model.split_layer", f"must be >= 1, got {m.split_layer}")
+    _need(d.clips is not None or d.synthetic is not None, "data.clips",
+          "set a folder of .mp4 clips (or data.synthetic to generate some)")
+    _need(d.frames >= 1 and (d.frames - 1) % 8 == 0, "data.frames", f"must be 8n+1 (1, 9, 17, ...), got {d.frames}")
+    for name in ("height", "width"):
+        value = getattr(d, name)
+        if value is not None:
+            _need(value >= 32 and value % 32 == 0, f"data.{name}", f"must be a positive multiple of 32, got {value}")
+    _need(d.frame_stride >= 1, "data.frame_stride", f"must be >= 1, got {d.frame_stride}")
+    _one_of(d.text_encoder, ("tiny",), "data.text_encoder")
+    if d.synthetic is not None:
+        s = d.synthetic
+        _need(s.count >= 1, "data.synthetic.count", f"must be >= 1, got {s.count}")
+        _need((s.frames - 1) % 8 == 0, "data.synthetic.frames", f"must be 8n+1, got {s.frames}")
+        for name in ("height", "width"):
+            _need(getattr(s, name) % 32 == 0, f"data.synthetic.{name}", "must be a multiple of 32")
+    _one_of(cfg.masks.mode, ("random", "semantic", "mixed"), "masks.mode")
+    _need(0 <= cfg.masks.semantic_mask_ratio <= 1, "masks.semantic_mask_ratio", "must be in [0, 1]")
+    _need(0 < cfg.masks.min_area <= cfg.masks.max_area <= 1, "masks.min_area",
+          f"need 0 < min_area <= max_area <= 1, got {cfg.masks.min_area}, {cfg.masks.max_area}")
+    _need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _need(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _one_of(t.optimizer, ("adamw", "adamw8bit"), "train.optimizer")
+    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "must be two numbers in [0, 1)")
+    _need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)")
+    _one_of(t.lr_scheduler, ("constant", "linear", "cosine"), "train.lr_scheduler")
+    _need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _one_of(t.mixed_precision, ("no", "bf16"), "train.mixed_precision")
+    _one_of(t.timestep_sampling, ("shifted_logit_normal", "uniform"), "train.timestep_sampling")
+    _need(t.timestep_shift > 0, "train.timestep_shift", "must be > 0")
+    _need(t.encoder_noise >= 0, "train.encoder_noise", "must be >= 0")
+    _need(0 <= t.context_frame_ratio < 1, "train.context_frame_ratio", "must be in [0, 1)")
+    _need(t.dilation >= 0, "train.dilation", "must be >= 0")
+    _need(0 <= t.caption_dropout <= 1, "train.caption_dropout", "must be in [0, 1]")
+    _need(t.cpu_threads >= 0, "train.cpu_threads", "must be >= 0 (0 = torch's default)")
+    _need(o.checkpoint_every >= 1, "output.checkpoint_every", f"must be >= 1, got {o.checkpoint_every}")
+    _need(o.keep_checkpoints >= 0, "output.keep_checkpoints", "must be >= 0 (0 = keep all)")
+    _need(o.log_every >= 1, "output.log_every", "must be >= 1")
+    _need(o.debug_image_every >= 0, "output.debug_image_every", "must be >= 0 (0 = off)")
+    _need(len(cfg.stages) >= 1, "stages", "list at least one stage")
+    for i, st in enumerate(cfg.stages):
+        p = f"stages[{i}]"
+        _one_of(st.name, STAGES, f"{p}.name")
+        _need(st.steps >= 0, f"{p}.steps", f"must be >= 0, got {st.steps}")
+        _need(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
+        _need(st.decoder_lr_mult > 0, f"{p}.decoder_lr_mult", "must be > 0")
+        _one_of(st.decode_tokens, ("masked", "all"), f"{p}.decode_tokens")
+        if st.lora is not None:
+            lo = st.lora
+            _need(lo.rank >= 1, f"{p}.lora.rank", f"must be >= 1, got {lo.rank}")
+            _need(lo.alpha > 0, f"{p}.lora.alpha", f"must be > 0, got {lo.alpha}")
+            for j, tgt in enumerate(lo.targets):
+                _one_of(tgt, LORA_TARGETS, f"{p}.lora.targets[{j}]")
+            for j, att in enumerate(lo.attentions):
+                _one_of(att, ATTENTIONS, f"{p}.lora.attentions[{j}]")
+            _need(bool(lo.targets) and bool(lo.attentions), f"{p}.lora", "targets and attentions must be non-empty")
+            _need(0 <= lo.dropout < 1, f"{p}.lora.dropout", "must be in [0, 1)")
+        if st.name == "scd":
+            _need(st.lora is not None or st.train_lora is not False, f"{p}.lora",
+                  "the scd stage trains a LoRA: give lora: {rank, alpha}")
+        if st.name == "tma":
+            _need(d.qwen_feature_dir is not None, "data.qwen_feature_dir",
+                  "the tma stage needs cached Qwen features (run training.compute_qwen_features)")
+        for sub, name in ((st.local, "local"), (st.global_context, "global_context"), (st.tma, "tma")):
+            if sub is None:
+                continue
+            for f in dataclasses.fields(sub):
+                value = getattr(sub, f.name)
+                if isinstance(value, int) and not isinstance(value, bool) and f.name != "task":
+                    _need(value >= 1, f"{p}.{name}.{f.name}", f"must be >= 1, got {value}")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read and validate a YAML config; `overrides` are `dotted.key=value` strings (YAML values) applied first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        apply_override(data, item)
+    return validate(_build(Config, data, ""))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a config from a plain dict (tests, recipes)."""
+    return validate(_build(Config, dict(data), ""))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `a.b[2].c=value` override (value parsed as YAML) to a raw config dict."""
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    value = yaml.safe_load(raw)
+    parts: list[str | int] = []
+    for part in key.split("."):
+        name, _, rest = part.partition("[")
+        parts.append(name)
+        while rest:
+            idx, _, rest = rest.partition("]")
+            parts.append(int(idx))
+            rest = rest.lstrip("[")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(part, int):
+            node = node[part]
+        else:
+            if node.get(part) is None:
+                node[part] = [] if isinstance(nxt, int) else {}
+            node = node[part]
+    last = parts[-1]
+    node[last] = value
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable short hash of the resolved config (sorted-key JSON), for checkpoint metadata."""
+    text = json.dumps(to_dict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,22 @@ def test_split_transformer_file_with_separate_vae(comfy_server: ComfyServer, dem
                                              "vae_weights": "tiny-vae.safetensors"}, "9": {"steps": 1}}),
                           timeout=300, check=False)
     assert ok.error is None, ok.error
+
+
+def test_demo_with_shipped_trained_weights(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    layout = {"checkpoints": "editctrl_tiny.safetensors", "loras": "editctrl_tiny_lora.safetensors",
+              "editctrl": "editctrl_tiny_local.safetensors"}
+    for folder, name in [*layout.items(), ("editctrl", "editctrl_tiny_global.safetensors")]:
+        (comfy_server.models_dir / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "weights" / name, comfy_server.models_dir / folder / name)
+    wf = json.loads((REPO / "workflows" / "editctrl_demo_trained.api.json").read_text())
+    wf["30"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/trained"}}
+    result = comfy_server.run(wf, timeout=600, check=False)
+    assert result.error is None, result.error
+    frames = _png_frames(comfy_server, result.history, "30")
+    source, _ = read_video(demo_clip)
+    mask = torch.zeros(25, 128, 192)
+    mask[:, 32:32 + 88, 40:40 + 96] = 1
+    outside = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(frames[outside], expected[outside])

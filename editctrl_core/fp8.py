@@ -193,26 +193,12 @@ def fp8_summary(model: nn.Module) -> dict[str, int]:
 def strict_load_fp8(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
                     dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Drop-in for `models.strict_load` that keeps float8 weights in float8 (computing in `dtype`) and reads scales."""
-    from .models import _describe, strict_load
+    from .models import check_state_matches, strict_load
 
     rest, quant = split_quantization(state)
     if not has_fp8(rest):
         return strict_load(module, rest, what=what, dtype=dtype, device=device)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(rest))
-    unexpected = sorted(set(rest) - set(expected))
-    misshapen = [f"{k} (file {tuple(rest[k].shape)} vs model {tuple(expected[k].shape)})"
-                 for k in sorted(set(rest) & set(expected)) if tuple(rest[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or misshapen:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_describe(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_describe(unexpected)}")
-        if misshapen:
-            parts.append(f"{len(misshapen)} shape mismatches: {_describe(misshapen, 4)}")
-        raise _error(f"{what} (fp8) does not match the selected architecture — " + "; ".join(parts)
-                     + ". Pick the preset that matches the file (or 'auto'), or use a file made for this model.")
+    check_state_matches(module, rest, f"{what} (fp8)")
     cast = {k: (v if is_fp8(v) or dtype is None or not v.is_floating_point() else v.to(dtype)) for k, v in rest.items()}
     module.load_state_dict(cast, strict=True, assign=True)
     convert_fp8_linears(module, quant.weight_scales)

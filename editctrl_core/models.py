@@ -159,9 +159,8 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return shown + more
 
 
-def strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, what: str,
-                dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load `state` into `module` only if keys and shapes match exactly; otherwise name the differences."""
+def check_state_matches(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ModelLoadError naming missing, unexpected and misshapen keys unless `state` fits `module` exactly."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -179,6 +178,12 @@ def strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, what
             f"{what} does not match the selected architecture — " + "; ".join(parts)
             + ". Pick the preset that matches the file (or 'auto'), or use a file made for this model."
         )
+
+
+def strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, what: str,
+                dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load `state` into `module` only if keys and shapes match exactly; otherwise name the differences."""
+    check_state_matches(module, state, what)
     cast = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state.items()}
     module.load_state_dict(cast, strict=True, assign=True)
     return module.to(device)

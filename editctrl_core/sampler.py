@@ -62,6 +62,7 @@ class EditResult:
     edit_tokens: torch.Tensor
     decoder_calls: int
     encoder_calls: int
+    source_frames: torch.Tensor | None = None
 
 
 def flow_sigmas(steps: int, shift: float = 1.0, strength: float = 1.0) -> torch.Tensor:
@@ -174,7 +175,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
     if index.numel() == 0:
-        return EditResult(ctx.source_latents.clone(), dilated, 0, 0)
+        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames)
     use_cfg = negative is not None and settings.cfg != 1.0
     keep = None
     if region_masks:
@@ -217,4 +218,4 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
                 callback(number * settings.steps + step + 1, total, x)
         tokens[:, idx.to(device)] = x
     return EditResult(from_tokens(tokens, grid).cpu(), dilated, scd.decoder_calls - calls0[0],
-                      scd.encoder_calls - calls0[1])
+                      scd.encoder_calls - calls0[1], ctx.frames)

@@ -258,3 +258,21 @@ def test_demo_with_shipped_trained_weights(comfy_server: ComfyServer, demo_clip:
     outside = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
     expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
     assert np.array_equal(frames[outside], expected[outside])
+
+
+def test_edit_box_decode_keeps_source_outside_the_box(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    wf = _workflow(**{"9": {"steps": 2, "dilation": 0, "blend": ["31", 0]}, "10": {"region": "edit box",
+                                                                                  "halo_tokens": 0}})
+    wf["31"] = {"class_type": "EditCtrlBlendSettings",
+                "inputs": {"mode": "pixel", "falloff_px": 0.0, "hard_fraction": 0.5, "falloff_tokens": 3}}
+    wf["30"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "e2e/box"}}
+    result = comfy_server.run(wf, timeout=300, check=False)
+    assert result.error is None, result.error
+    frames = _png_frames(comfy_server, result.history, "30")
+    source, _ = read_video(demo_clip)
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    # the rectangle x 40..135, y 32..119 covers token rows 1..3 and columns 1..4: the box is y 32..128, x 32..160
+    box = np.zeros((128, 192), dtype=bool)
+    box[32:128, 32:160] = True
+    assert np.array_equal(frames[:, ~box], expected[:, ~box])
+    assert not np.array_equal(frames[:, box], expected[:, box])

@@ -1,6 +1,7 @@
 """Real-size training step benchmark (GPU): LTX-2.0 19B architecture with random bf16 weights, SCD LoRA, one card.
 
     python -m training.bench_gpu --frames 49 --height 512 --width 768 --rank 32 --steps 4
+    torchrun --nproc_per_node 2 -m training.bench_gpu ...     # DDP: one process per GPU, LoRA grads all-reduced
 
 Builds the preset on `meta`, materialises it with `to_empty(device="cuda")` and fills it with random values (no
 weights are needed), injects the LoRA through the same `TrainModule` as `training.train`, and times full optimiser
@@ -10,6 +11,7 @@ steps (encoder at σ=0 without grad, decoder with gradient checkpointing, AdamW 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -44,6 +46,11 @@ def main() -> None:
     ap.add_argument("--decode", default="masked", choices=["masked", "all"])
     ap.add_argument("--no-checkpointing", action="store_true")
     args = ap.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl")
     preset = load_preset("ltx-2.0-19b")
     t0 = time.perf_counter()
     transformer = build_transformer(preset, empty=True).to_empty(device="cuda").to(torch.bfloat16)
@@ -65,7 +72,11 @@ def main() -> None:
                              "cuda")
         module.prepare_stage(0)
         opt = torch.optim.AdamW(module.param_groups(), fused=True)
-        g = torch.Generator().manual_seed(0)
+        step_module = module
+        if world > 1:
+            step_module = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[torch.cuda.current_device()], find_unused_parameters=True)
+        g = torch.Generator().manual_seed(rank)
         sample = Sample("bench", torch.randn(128, f, h, w, generator=g), torch.randn(128, f, h, w, generator=g),
                         torch.randn(256, 3840, generator=g), torch.ones(256, dtype=torch.long), "bench",
                         torch.zeros(128, f, h, w))
@@ -76,17 +87,23 @@ def main() -> None:
             torch.cuda.synchronize()
             s0 = time.perf_counter()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, _ = module([(sample, step)])
+                loss, _ = step_module([(sample, step)])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - s0)
-            print(f"{decode} step {step}: {times[-1]:.3f} s loss {float(loss):.4f}", flush=True)
+            if rank == 0:
+                print(f"{decode} step {step}: {times[-1]:.3f} s loss {float(loss):.4f}", flush=True)
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         steady = times[1:] or times
         rows.append((decode, f * h * w, trainable, sum(steady) / len(steady), torch.cuda.max_memory_allocated() / 2**30))
-    print(f"\n{torch.cuda.get_device_name()} | torch {torch.__version__} | build+randomise {build_s:.1f} s | "
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return
+    print(f"\n{torch.cuda.get_device_name()} x{world} (DDP: {world > 1}) | torch {torch.__version__} | "
+          f"build+randomise {build_s:.1f} s | "
           f"{args.frames} frames {args.height}x{args.width} | LoRA rank {args.rank} | gradient checkpointing "
           f"{not args.no_checkpointing}")
     print("| decoder tokens | video tokens | trainable params | s/step (mean of steps 2..) | peak GiB |")

@@ -441,7 +441,7 @@ class GlobalContextEmbedder(nn.Module):
         pos = self.pos_embed(_position_features(grid, self.config.pos_frequencies, pooled.device).to(dtype))
         return self.norm_out(tokens + pos)
 
-    def _branch(self, block_index: int) -> GlobalCrossAttention:
+    def branch_module(self, block_index: int) -> GlobalCrossAttention:
         """The branch of one decoder block, or a KeyError naming the valid targets."""
         key = str(block_index)
         if key not in self.branches:
@@ -451,13 +451,13 @@ class GlobalContextEmbedder(nn.Module):
 
     def branch_kv(self, block_index: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached keys/values of one block's branch for a fixed context."""
-        return self._branch(block_index).kv(context)
+        return self.branch_module(block_index).kv(context)
 
     def branch(self, block_index: int, hidden: torch.Tensor, context: torch.Tensor | None = None,
                context_mask: torch.Tensor | None = None,
                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Residual [B,N,model_dim] of decoder block ``block_index``'s branch (zero for a fresh embedder)."""
-        return self._branch(block_index)(hidden, context, context_mask, kv)
+        return self.branch_module(block_index)(hidden, context, context_mask, kv)
 
 
 ADAPTER_CLASSES: dict[str, tuple[type[nn.Module], type]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import torch
 
 from .lora import LoraFile, apply_loras
 from .models import Preset
-from .scd import SCDModel
+from .scd import PREFIX_MODES, SCDModel
+
+log = logging.getLogger("editctrl")
 
 
 @dataclass
@@ -24,9 +27,20 @@ class EditModel:
     loras: list[tuple[LoraFile, float]] = field(default_factory=list)
 
     def with_lora(self, lora: LoraFile, strength: float) -> EditModel:
-        """A copy that also applies `lora` at `strength` while sampling (the shared base model is never changed)."""
+        """A copy that also applies `lora` at `strength` while sampling (the shared base model is never changed).
+
+        A LoRA trained by our trainer names the SCD decoder prefix mode it learned (`scd_prefix`); the copy uses it.
+        """
         name = f"LoRA {Path(lora.path).name if lora.path else 'in-memory'} x{strength:g}"
-        return replace(self, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
+        scd = self.scd
+        prefix = lora.metadata.get("scd_prefix")
+        if prefix is not None and prefix != scd.options.prefix:
+            if prefix not in PREFIX_MODES:
+                raise ValueError(f"unknown SCD prefix mode {prefix!r} in the LoRA metadata (known: "
+                                 f"{', '.join(PREFIX_MODES)}); the file may come from a newer version of the pack")
+            log.info("EditCtrl: %s was trained with the %s decoder prefix; using it", name, prefix)
+            scd = scd.variant(prefix=prefix)
+        return replace(self, scd=scd, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
 
     def lora_patch(self) -> contextlib.AbstractContextManager:
         """Context in which the LoRA stack is active on the transformer (hooks removed on exit, bit-exact)."""

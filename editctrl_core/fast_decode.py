@@ -5,11 +5,10 @@ What is cached once per edit (exact: none of it depends on the step):
 - the text keys/values of every decoder block's prompt cross-attention (and of the local module's text attention);
 - the global-context branch keys/values (already cached by ``SCDModel.plan``);
 - the rotary tables of the selected tokens;
-- optionally (``one_way_prefix=True``) the encoder-context prefix: its hidden states never change between steps if
-  the prefix does not attend to the noisy tokens, so its per-block self-attention keys/values are computed once and
-  each step runs the decoder blocks on the noisy tokens only (half the tokens). This is a *semantic* choice (a
-  one-way prefix, like a KV cache of past context); :meth:`FastDecoder.one_way_bias` gives the equivalent mask so the
-  cached path can be checked against the uncached one. ``one_way_prefix=False`` reproduces ``SCDModel.decode``.
+- with the one-way prefix (``SCDOptions.prefix="one_way"``, the default) the encoder-context prefix: its hidden
+  states never change between steps because it does not attend to the noisy tokens, so its per-block self-attention
+  keys/values are computed once and each step runs the decoder blocks on the noisy tokens only (half the tokens).
+  With ``prefix="bidirectional"`` the prefix runs with the noisy tokens every step, as in ``SCDModel.decode``.
 
 The silent one-token audio stream that ``LTX2Stack.run_blocks`` carries through every block is skipped: with
 audio↔video cross-attention off it never reaches the video output. :class:`GraphedStep` replays a step as a CUDA
@@ -27,10 +26,11 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
 
 from .adapters import LocalContextModule, rope_3d, timestep_embedding
-from .scd import MASK_BIAS, DecodePlan, LTX2Stack, SCDModel, TextContext, shift_one_frame
+from .scd import DecodePlan, LTX2Stack, SCDModel, TextContext, shift_one_frame
 from .text import TextConditioning
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+Branch = tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -98,13 +98,13 @@ def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fr
 def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, rope_type: str,
                 text: BlockKV, text_bias: torch.Tensor | None, *, prefix: BlockKV | None = None,
                 self_bias: torch.Tensor | None = None, frame_tokens: int | None = None,
-                branch: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                keep_kv: bool = False) -> tuple[torch.Tensor, BlockKV | None]:
+                branch: Branch | None = None, keep_kv: bool = False) -> tuple[torch.Tensor, BlockKV | None]:
     """The video half of an ``LTX2VideoTransformerBlock`` with cached text keys/values.
 
     ``prefix``: cached keys/values prepended to this block's self-attention keys (one-way prefix); ``self_bias``: an
-    additive self-attention mask; ``frame_tokens``: frame-block-causal attention by chunks; ``branch(normed)``: an
-    extra residual added to the text cross-attention output (global context). Returns the new hidden states and, with
+    additive self-attention mask; ``frame_tokens``: frame-block-causal attention by chunks; ``branch``: a global-context
+    cross-attention module and its cached keys/values, whose output is added to the text cross-attention output.
+    Returns the new hidden states and, with
     ``keep_kv``, this block's own self-attention keys/values (rotated) for a prefix cache.
     """
     batch = hidden.shape[0]
@@ -130,7 +130,8 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     mask = None if text_bias is None else text_bias.unsqueeze(1)
     out = _attention_out(attn, F.scaled_dot_product_attention(q, text.k, text.v, attn_mask=mask), normed)
     if branch is not None:
-        out = out + branch(normed).to(out.dtype)
+        module, kv = branch
+        out = out + module(normed, None, None, kv).to(out.dtype)
     hidden = hidden + out
     normed = block.norm3(hidden) * (1 + scale_mlp) + shift_mlp
     return hidden + block.ff(normed) * gate_mlp, own
@@ -170,12 +171,29 @@ class FastLocal:
         return {i: local.out_proj[str(i)](x) for i in cfg.target_blocks}
 
 
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_video_block(backend: str = "inductor") -> Callable:
+    """:func:`video_block` through ``torch.compile`` with dynamic token counts: one compilation (fused elementwise
+    kernels) serves every decoder block and every edit of a process; inductor also caches its kernels on disk."""
+    fn = _COMPILED.get(backend)
+    if fn is None:
+        fn = _COMPILED[backend] = torch.compile(video_block, dynamic=True, backend=backend)
+    return fn
+
+
 class FastDecoder:
     """Per-step SCD decoder over a plan's selected tokens with per-edit caches; ``__call__(x, σ)`` = ``decode``."""
 
-    def __init__(self, scd: SCDModel, plan: DecodePlan, *, one_way_prefix: bool = False,
-                 self_bias: torch.Tensor | None = None):
-        """Precompute the per-edit caches. ``self_bias`` (uncached path only) is an additive [B,2n,2n] mask."""
+    def __init__(self, scd: SCDModel, plan: DecodePlan, *, one_way_prefix: bool | None = None,
+                 self_bias: torch.Tensor | None = None, compile: bool | str = False):
+        """Precompute the per-edit caches. ``one_way_prefix`` defaults to the model's ``SCDOptions.prefix``;
+        ``self_bias`` (uncached path only) is an additive [B,2n,2n] mask; ``compile`` runs the blocks through
+        :func:`compiled_video_block` (True: inductor; or a backend name)."""
+        self.block_fn = compiled_video_block("inductor" if compile is True else compile) if compile else video_block
+        if one_way_prefix is None:
+            one_way_prefix = scd.options.prefix == "one_way"
         if not scd.options.concat:
             raise NotImplementedError("fast decoding implements the token-concat decoder (SCDOptions.concat=True)")
         if scd.decoder_block_hooks:
@@ -196,6 +214,7 @@ class FastDecoder:
         self.text_bias = text.video_bias
         self.text_kv = [text_kv(b.attn2, text.video) for b in self.blocks]
         self.global_kv = dict(plan.extras.get("global_kv", {}))
+        self.branches = [self._branch(rel) for rel in range(len(self.blocks))]
         self.rope = s.rope(plan.coords)
         self.rope_concat = plan.rotary
         self.local = None
@@ -206,34 +225,24 @@ class FastDecoder:
         if one_way_prefix:
             self.prefix_kv = self._prefix_pass(plan.prefix, plan.prefix_time[:, :1])
 
-    @staticmethod
-    def one_way_bias(n: int, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The [B,2n,2n] mask under which the uncached decoder equals the one-way-prefix cached one."""
-        bias = torch.zeros(2 * n, 2 * n, device=device, dtype=dtype)
-        bias[:n, n:] = MASK_BIAS
-        return bias.expand(batch, -1, -1)
-
-    def _branch(self, rel: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The global-context residual of decoder block `rel`, or None."""
+    def _branch(self, rel: int) -> Branch | None:
+        """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""
         kv = self.global_kv.get(rel)
         if kv is None:
             return None
-        g = self.scd.global_context
-
-        def branch(normed: torch.Tensor) -> torch.Tensor:
-            k, v = kv
-            if k.shape[0] != normed.shape[0]:
-                k, v = k.expand(normed.shape[0], -1, -1, -1), v.expand(normed.shape[0], -1, -1, -1)
-            return g.branch(rel, normed, kv=(k, v))
-        return branch
+        k, v = kv
+        batch = self.plan.prefix.shape[0]
+        if k.shape[0] != batch:
+            k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        return self.scd.global_context.branch_module(rel), (k, v)
 
     def _prefix_pass(self, prefix: torch.Tensor, prefix_temb: torch.Tensor) -> list[BlockKV]:
         """Run the prefix alone through the decoder blocks at σ=0 and keep every block's self-attention keys/values."""
         cache = []
         hidden = prefix
         for rel, block in enumerate(self.blocks):
-            hidden, own = video_block(block, hidden, prefix_temb, self.rope, self.rope_type, self.text_kv[rel],
-                                      self.text_bias, branch=self._branch(rel), keep_kv=True)
+            hidden, own = self.block_fn(block, hidden, prefix_temb, self.rope, self.rope_type, self.text_kv[rel],
+                                        self.text_bias, branch=self.branches[rel], keep_kv=True)
             cache.append(own)
         return cache
 
@@ -252,8 +261,8 @@ class FastDecoder:
             rope = self.rope_concat
         for rel, block in enumerate(self.blocks):
             prefix = self.prefix_kv[rel] if self.prefix_kv is not None else None
-            hidden, _ = video_block(block, hidden, temb, rope, self.rope_type, self.text_kv[rel], self.text_bias,
-                                    prefix=prefix, self_bias=self.self_bias, branch=self._branch(rel))
+            hidden, _ = self.block_fn(block, hidden, temb, rope, self.rope_type, self.text_kv[rel], self.text_bias,
+                                      prefix=prefix, self_bias=self.self_bias, branch=self.branches[rel])
             r = residuals.get(rel)
             if r is not None:
                 if self.one_way:

@@ -37,6 +37,7 @@ class SamplerSettings:
     blend: BlendSettings | None = None
     window_frames: int = 0
     fast: bool = True
+    compile: bool | str = False
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range options."""
@@ -52,6 +53,8 @@ class SamplerSettings:
             raise ValueError("dilation must be >= 0")
         if self.window_frames < 0:
             raise ValueError(f"window_frames must be >= 0 (0 = one pass); got {self.window_frames}")
+        if self.compile and not self.fast:
+            raise ValueError("compile applies to the fast decoder: turn fast on or compile off")
 
 
 @dataclass
@@ -132,10 +135,11 @@ def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int
 
 def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: torch.Tensor,
                    example_sigma: torch.Tensor) -> StepFunction:
-    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU), else `SCDModel.decode`."""
+    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU, optionally compiled),
+    else `SCDModel.decode`."""
     if settings.fast and plan.text.video_bias is not None and plan.text.video_bias.shape[1] == 1:
         try:
-            fast = FastDecoder(scd, plan)
+            fast = FastDecoder(scd, plan, compile=settings.compile)
         except NotImplementedError:
             fast = None
         if fast is not None:

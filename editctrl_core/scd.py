@@ -3,6 +3,9 @@
 The encoder (blocks ``[0, k)``) runs once per edit over the clean background latents at σ=0 with a
 frame-block-causal mask; its output, shifted by one latent frame, is prefixed to the noisy tokens (token concat,
 duplicated position embeddings) for the decoder (blocks ``[k, N)``), which runs every step on the masked tokens only.
+By default the prefix is *one-way*: the noisy tokens attend to it, it never attends to them, so its per-block
+keys/values do not depend on the step and are computed once per edit (the same as an encoder K/V cache; half the
+decoder work at a full mask). ``prefix="bidirectional"`` is the SCD paper's plain token concat.
 ``LTX2Stack`` runs the diffusers model piecewise; with causal mask, shift and concat off the split equals the
 model's own forward exactly (tested).
 """
@@ -10,7 +13,7 @@ model's own forward exactly (tested).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from diffusers import LTX2VideoTransformer3DModel
@@ -20,6 +23,7 @@ from .kv_cache import cached_self_attention
 from .text import TextConditioning
 
 MASK_BIAS = -10000.0
+PREFIX_MODES = ("one_way", "bidirectional")
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -191,6 +195,13 @@ def shift_one_frame(context: torch.Tensor, grid: tuple[int, int, int]) -> torch.
     return shifted.reshape(b, n, d)
 
 
+def one_way_prefix_bias(n: int, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [B,2n,2n] self-attention mask of the token-concat decoder: prefix rows never see the noisy columns."""
+    bias = torch.zeros(2 * n, 2 * n, device=device, dtype=dtype)
+    bias[:n, n:] = MASK_BIAS
+    return bias.expand(batch, -1, -1)
+
+
 @dataclass
 class SCDOptions:
     """Switches of the SCD split (all on for editing; all off reproduces the plain model)."""
@@ -200,6 +211,11 @@ class SCDOptions:
     shift: bool = True
     concat: bool = True
     fps: float = 24.0
+    prefix: str = "one_way"
+
+    def __post_init__(self) -> None:
+        if self.prefix not in PREFIX_MODES:
+            raise ValueError(f"SCD prefix mode must be one of {PREFIX_MODES}; got {self.prefix!r}")
 
 
 @dataclass
@@ -230,6 +246,13 @@ class SCDModel:
         self.decoder_block_hooks: list[BlockHook] = []
         self.local: LocalContextModule | None = None
         self.global_context: GlobalContextEmbedder | None = None
+
+    def variant(self, **changes: object) -> SCDModel:
+        """A new SCDModel over the same transformer, adapters and hooks with some options changed (e.g. prefix)."""
+        other = SCDModel(self.stack.model, replace(self.options, **changes))
+        other.decoder_block_hooks = list(self.decoder_block_hooks)
+        other.local, other.global_context = self.local, self.global_context
+        return other
 
     @property
     def num_decoder_blocks(self) -> int:
@@ -413,8 +436,9 @@ class SCDModel:
                     h = hook(index, h)
                 return h
         handles = self._global_hooks(plan) if self.global_context is not None else []
+        bias = one_way_prefix_bias(n, batch, s.device, s.dtype) if self.options.prefix == "one_way" else None
         try:
-            hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, None, after)
+            hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, bias, after)
         finally:
             for handle in handles:
                 handle.remove()

@@ -100,6 +100,9 @@ class EditCtrlSampler(io.ComfyNode):
                 io.Int.Input("window_frames", default=0, min=0, max=1024,
                              tooltip="Long clips: encode and denoise this many latent frames at a time (the causal "
                                      "encoder carries its K/V cache across windows). 0 = one pass."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="GPU: fuse the decoder blocks with torch.compile (faster steps, large masks "
+                                         "gain most). The first edit of a session compiles for about a minute."),
             ],
             outputs=[EditLatents.Output(display_name="latents")],
         )
@@ -108,7 +111,7 @@ class EditCtrlSampler(io.ComfyNode):
     def execute(cls, model: EditModel, edit_context: EditContext, positive: TextConditioning, seed: int,
                 steps: int, cfg: float, shift: float, dilation: int, strength: float, window_frames: int,
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
-                regions: list[Region] | None = None) -> io.NodeOutput:
+                regions: list[Region] | None = None, compile: bool = False) -> io.NodeOutput:
         caption = model.preset.transformer["caption_channels"]
         region_conds = [(f"region {i + 1}", r.prompt) for i, r in enumerate(regions or [])]
         for name, cond in [("positive", positive), ("negative", negative), *region_conds]:
@@ -120,7 +123,9 @@ class EditCtrlSampler(io.ComfyNode):
             raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
                              f"takes {channels}; encode with this model's VAE")
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
-                                   blend=blend or BlendSettings(), window_frames=window_frames)
+                                   blend=blend or BlendSettings(), window_frames=window_frames, compile=compile)
+        if compile:
+            log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
         for number, region in enumerate(regions or [], start=1):
             if tuple(region.mask.shape) != tuple(edit_context.mask.shape):
                 raise ValueError(f"region {number} mask {tuple(region.mask.shape)} does not match the edit context "

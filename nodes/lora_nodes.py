@@ -12,7 +12,6 @@ from comfy_api.latest import io
 from ..editctrl_core.adapters import AdapterLoadError, load_adapter
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.lora import LoraError, apply_loras, read_lora
-from ..editctrl_core.scd import SCDModel
 from .common import CATEGORY, EditModelType
 
 log = logging.getLogger("editctrl")
@@ -67,7 +66,10 @@ class EditCtrlLoraLoader(io.ComfyNode):
         except LoraError as exc:
             raise ValueError(f"EditCtrl Load LoRA: {exc}") from exc
         lora.path = path  # EditModel.with_lora names the LoRA by `lora.path.name` (read_lora stores a str)
-        out = model.with_lora(lora, strength)
+        try:
+            out = model.with_lora(lora, strength)
+        except ValueError as exc:
+            raise ValueError(f"EditCtrl Load LoRA: {lora_name}: {exc}") from exc
         log.info("EditCtrl: %s", out.describe())
         return io.NodeOutput(out)
 
@@ -99,8 +101,7 @@ class EditCtrlAdapterLoader(io.ComfyNode):
         if local_adapter == NONE and global_adapter == NONE:
             raise ValueError("EditCtrl Load Adapters: choose a local and/or a global adapter file from models/editctrl")
         old = model.scd
-        scd = SCDModel(old.transformer, replace(old.options))
-        scd.decoder_block_hooks = list(old.decoder_block_hooks)
+        scd = old.variant()
         local, glob = old.local, old.global_context
         names = []
         for choice, kind in ((local_adapter, "local_context"), (global_adapter, "global_context")):

@@ -1,5 +1,7 @@
 """Cached fast paths equal the uncached ones: text/global/prefix K/V caches, chunked causal encoder, full step."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, L
 from editctrl_core.context import to_tokens
 from editctrl_core.fast_decode import FastDecoder, FastStack, fast_encode
 from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions
+from editctrl_core.scd import SCDModel, SCDOptions, one_way_prefix_bias
 from editctrl_core.text import TinyTextEncoder, concat_conditionings
 
 PRESET = load_preset("tiny")
@@ -52,26 +54,49 @@ def setup():
     return scd, plan, text, background, x, positive
 
 
-def test_cached_text_and_global_kv_equal_scd_decode(setup):
+def _with_prefix(scd: SCDModel, prefix: str) -> SCDModel:
+    """The same transformer and adapters under another prefix mode."""
+    other = SCDModel(scd.transformer, replace(scd.options, prefix=prefix))
+    other.attach(scd.local, scd.global_context)
+    return other
+
+
+@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
+def test_cached_path_equals_scd_decode(setup, prefix):
     scd, plan, _, _, x, _ = setup
+    scd = _with_prefix(scd, prefix)
     sigma = torch.tensor([0.7, 0.7])
     with torch.no_grad():
         ref = scd.decode(plan, x, sigma)
-        fast = FastDecoder(scd, plan)(x, sigma)
-        again = FastDecoder(scd, plan)(x, torch.tensor([0.3, 0.3]))
+        fast = FastDecoder(scd, plan)
+        out = fast(x, sigma)
+        again = fast(x, torch.tensor([0.3, 0.3]))
+    assert fast.one_way == (prefix == "one_way")
     assert ref.abs().max() > 0.1
-    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
-    assert not torch.allclose(again, fast)  # σ really changes the cached path's output
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(again, out)  # σ really changes the cached path's output
+
+
+def test_prefix_modes_differ_and_one_way_is_default(setup):
+    scd, plan, _, _, x, _ = setup
+    assert SCDOptions(split_layer=1).prefix == "one_way"
+    with pytest.raises(ValueError, match="prefix mode"):
+        SCDOptions(split_layer=1, prefix="sideways")
+    sigma = torch.tensor([0.6, 0.6])
+    with torch.no_grad():
+        one_way = _with_prefix(scd, "one_way").decode(plan, x, sigma)
+        both = _with_prefix(scd, "bidirectional").decode(plan, x, sigma)
+    assert not torch.allclose(one_way, both, atol=1e-4)
 
 
 def test_one_way_prefix_cache_equals_uncached_masked_decoder(setup):
     scd, plan, _, _, x, _ = setup
     n = plan.index.numel()
-    bias = FastDecoder.one_way_bias(n, 2, x.device, torch.float32)
+    bias = one_way_prefix_bias(n, 2, x.device, torch.float32)
     with torch.no_grad():
         cached = FastDecoder(scd, plan, one_way_prefix=True)
-        uncached = FastDecoder(scd, plan, self_bias=bias)
-        bidirectional = FastDecoder(scd, plan)
+        uncached = FastDecoder(scd, plan, one_way_prefix=False, self_bias=bias)
+        bidirectional = FastDecoder(scd, plan, one_way_prefix=False)
         for s in (0.9, 0.4):
             sigma = torch.tensor([s, s])
             torch.testing.assert_close(cached(x, sigma), uncached(x, sigma), atol=2e-5, rtol=1e-5)
@@ -103,3 +128,32 @@ def test_full_step_equals_plain_model(setup):
         stack = FastStack(scd.stack, text)
         fast = stack.full_step(x, sigma, stack.rope(GRID, 2))
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_compiled_blocks_equal_eager_and_compile_once_for_any_token_count(setup):
+    """torch.compile over the decoder blocks (the "eager" backend here: the same dynamo tracing and dynamic shapes as inductor on a
+    GPU, without code generation) reproduces the eager path, and a new edit with another token count reuses
+    the compiled graphs instead of recompiling."""
+    from torch._dynamo.utils import counters
+
+    scd, plan, text, background, x, positive = setup
+    torch._dynamo.reset()
+    counters.clear()
+    sigma = torch.tensor([0.8, 0.8])
+    with torch.no_grad():
+        eager = FastDecoder(scd, plan)(x, sigma)
+        compiled = FastDecoder(scd, plan, compile="eager")
+        torch.testing.assert_close(compiled(x, sigma), eager, atol=1e-5, rtol=1e-5)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 1
+        mask = torch.zeros(GRID, dtype=torch.bool)
+        mask[:, :2, :] = True
+        index = mask.flatten().nonzero().squeeze(1)
+        assert index.numel() != plan.index.numel()
+        context = scd.encode(to_tokens(background), GRID, positive)
+        other = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        y = torch.randn(2, index.numel(), CH, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(FastDecoder(scd, other, compile="eager")(y, sigma),
+                                   FastDecoder(scd, other)(y, sigma), atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == graphs, "a new token count recompiled the blocks"
+    torch._dynamo.reset()

@@ -382,3 +382,21 @@ def test_save_rejects_reserved_metadata_and_prefixed_names(base, tmp_path):
     with pytest.raises(ValueError, match="bare diffusers module paths"):
         save_lora({"transformer.proj_in": (w.A, w.B, w.alpha)}, tmp_path / "y.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_lora_metadata_selects_the_scd_prefix_it_was_trained_with(base, tmp_path):
+    from editctrl_core.editmodel import EditModel
+    from editctrl_core.models import load_preset
+    from editctrl_core.scd import SCDModel, SCDOptions
+
+    model = EditModel(SCDModel(base, SCDOptions(split_layer=1)), load_preset("tiny"), "memory")
+    lora = random_lora(base, ["transformer_blocks.1.attn1.to_q"])
+    trained = read_lora(save_lora(lora, tmp_path / "bi.safetensors", {"scd_prefix": "bidirectional"}))
+    out = model.with_lora(trained, 1.0)
+    assert out.scd.options.prefix == "bidirectional" and out.scd.transformer is base
+    assert model.scd.options.prefix == "one_way"  # the input model is left as it was
+    plain = model.with_lora(read_lora(save_lora(lora, tmp_path / "plain.safetensors")), 1.0)
+    assert plain.scd is model.scd
+    odd = read_lora(save_lora(lora, tmp_path / "odd.safetensors", {"scd_prefix": "sideways"}))
+    with pytest.raises(ValueError, match="unknown SCD prefix mode 'sideways'"):
+        model.with_lora(odd, 1.0)

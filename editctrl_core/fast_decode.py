@@ -223,7 +223,7 @@ class FastDecoder:
             self.local = FastLocal(scd.local, tokens, plan.extras["local_coords"], text.video, text.key_bias())
         self.prefix_kv: list[BlockKV] | None = None
         if one_way_prefix:
-            self.prefix_kv = self._prefix_pass(plan.prefix, plan.prefix_time[:, :1])
+            self.prefix_kv = self._prefix_pass(plan.prefix.contiguous(), plan.prefix_time[:, :1].contiguous())
 
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""

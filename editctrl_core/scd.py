@@ -12,7 +12,8 @@ model's own forward exactly (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -142,13 +143,19 @@ class LTX2Stack:
 
     def run_blocks(self, hidden: torch.Tensor, start: int, end: int, text: TextContext, time: TimeContext,
                    rotary: tuple[torch.Tensor, torch.Tensor], self_attention_bias: torch.Tensor | None = None,
-                   after_block: BlockHook | None = None) -> torch.Tensor:
-        """Run blocks ``[start, end)`` on video hidden states; `after_block(i, h)` may add residuals."""
+                   after_block: BlockHook | None = None,
+                   around_block: Callable[[int], AbstractContextManager] | None = None) -> torch.Tensor:
+        """Run blocks ``[start, end)`` on video hidden states; `after_block(i, h)` may add residuals.
+
+        `around_block(i)` is a context entered around block i's call, also when gradient checkpointing recomputes
+        it in the backward pass (e.g. forward hooks that must be present both times).
+        """
         batch = hidden.shape[0]
         audio, audio_rotary = self.audio_stream(batch)
         text = text.repeat(batch)
         for index in range(start, end):
             block = self.model.transformer_blocks[index]
+            context = (lambda index=index: around_block(index)) if around_block is not None else nullcontext
             args = dict(
                 hidden_states=hidden, audio_hidden_states=audio, encoder_hidden_states=text.video,
                 audio_encoder_hidden_states=text.audio, temb=time.temb, temb_audio=time.temb_audio,
@@ -159,9 +166,10 @@ class LTX2Stack:
                 use_a2v_cross_attention=False, use_v2a_cross_attention=False,
             )
             if torch.is_grad_enabled() and self.model.gradient_checkpointing:
-                hidden, audio = torch.utils.checkpoint.checkpoint(_call_block, block, args, use_reentrant=False)
+                hidden, audio = torch.utils.checkpoint.checkpoint(_call_block, block, args, context,
+                                                                  use_reentrant=False)
             else:
-                hidden, audio = block(**args)
+                hidden, audio = _call_block(block, args, context)
             if after_block is not None:
                 hidden = after_block(index, hidden)
         return hidden
@@ -174,8 +182,10 @@ class LTX2Stack:
         return m.proj_out(m.norm_out(hidden) * (1 + scale) + shift)
 
 
-def _call_block(block: torch.nn.Module, args: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return block(**args)
+def _call_block(block: torch.nn.Module, args: dict, context: Callable[[], AbstractContextManager]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    with context():
+        return block(**args)
 
 
 def frame_causal_bias(grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -388,22 +398,27 @@ class SCDModel:
         text = plan.text.repeat(batch)
         return self.local(tokens, plan.extras["local_coords"], text.video, sigma, text_mask=text.key_bias())
 
-    def _global_hooks(self, plan: DecodePlan) -> list[torch.utils.hooks.RemovableHandle]:
-        """Forward hooks adding the global-context branch to each target block's text cross-attention output."""
-        g = self.global_context
-        handles = []
-        for rel, kv in plan.extras["global_kv"].items():
-            attn = self.stack.model.transformer_blocks[self.split_layer + rel].attn2
+    @contextmanager
+    def _global_branch(self, plan: DecodePlan, index: int) -> Iterator[None]:
+        """While entered, block `index`'s text cross-attention output gets the global-context branch added."""
+        kv = plan.extras["global_kv"].get(index - self.split_layer)
+        if kv is None:
+            yield
+            return
+        g, rel = self.global_context, index - self.split_layer
 
-            def add_branch(module, args, kwargs, output, rel=rel, kv=kv):
-                query = args[0] if args else kwargs["hidden_states"]
-                k, v = kv
-                if k.shape[0] != query.shape[0]:
-                    k, v = k.expand(query.shape[0], -1, -1, -1), v.expand(query.shape[0], -1, -1, -1)
-                return output + g.branch(rel, query, kv=(k, v)).to(output.dtype)
+        def add_branch(module, args, kwargs, output):
+            query = args[0] if args else kwargs["hidden_states"]
+            k, v = kv
+            if k.shape[0] != query.shape[0]:
+                k, v = k.expand(query.shape[0], -1, -1, -1), v.expand(query.shape[0], -1, -1, -1)
+            return output + g.branch(rel, query, kv=(k, v)).to(output.dtype)
 
-            handles.append(attn.register_forward_hook(add_branch, with_kwargs=True))
-        return handles
+        handle = self.stack.model.transformer_blocks[index].attn2.register_forward_hook(add_branch, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def decode(self, plan: DecodePlan, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """One decoder pass over the selected noisy tokens x [B,n,C] at σ [B]; returns velocity [B,n,C]."""
@@ -435,13 +450,10 @@ class SCDModel:
                 for hook in hooks:
                     h = hook(index, h)
                 return h
-        handles = self._global_hooks(plan) if self.global_context is not None else []
+        around = (lambda index: self._global_branch(plan, index)) if self.global_context is not None else None
         bias = one_way_prefix_bias(n, batch, s.device, s.dtype) if self.options.prefix == "one_way" else None
-        try:
-            hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, bias, after)
-        finally:
-            for handle in handles:
-                handle.remove()
+        hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, bias, after,
+                              around)
         return s.head(hidden[:, n:], time.embedded)
 
     def forward_split(self, x: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int, int],

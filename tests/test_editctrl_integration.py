@@ -80,3 +80,33 @@ def test_adapter_for_another_model_is_refused(setup):
     with pytest.raises(ValueError) as err:
         scd.attach(local=wrong)
     assert "model_dim 64" in str(err.value) and "target blocks [7]" in str(err.value)
+
+
+def test_global_branch_survives_gradient_checkpointing(setup):
+    """Checkpointed decoder blocks recompute their forward in the backward pass: the global-context branch must be
+    there both times, and the gradients must equal those of an un-checkpointed pass."""
+    model, pos, _, ctx = setup
+    glob = tiny_global()
+    with torch.no_grad():
+        for p in glob.parameters():
+            p.normal_(0, 0.3)
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer))
+    scd.attach(global_context=glob)
+    index = ctx.token_mask.flatten().nonzero().squeeze(1)
+    with torch.no_grad():
+        context = scd.encode(ctx.background_latents.flatten(2).transpose(1, 2), ctx.grid.shape, pos)
+    x = torch.randn(1, index.numel(), CH, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for checkpointing in (False, True):
+        model.gradient_checkpointing = checkpointing
+        glob.zero_grad()
+        plan = scd.plan(index, context, ctx.grid.shape, pos, background=ctx.background_latents,
+                        edit_mask=ctx.token_mask)
+        try:
+            scd.decode(plan, x, torch.tensor([0.6])).pow(2).mean().backward()
+        finally:
+            model.gradient_checkpointing = False
+        grads.append([p.grad.clone() for p in glob.parameters() if p.grad is not None])
+    assert grads[0] and any(float(g.abs().max()) > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

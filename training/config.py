@@ -58,7 +58,15 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Clips + captions, the shape rule, and where cached latents/text embeddings go."""
+    """Clips + captions, the shape rule, the text encoder, and where cached latents/text embeddings go.
+
+    ``text_encoder`` is ``tiny`` (the built-in test encoder) or a path to LTX-2's Gemma text encoder: a ComfyUI
+    ``models/text_encoders`` file (e.g. ``gemma_3_12B_it.safetensors``) or a transformers/diffusers folder. Its LTX-2
+    text connectors come from ``text_connectors``, else the folder's ``connectors/``, else ``model.weights`` (the LTX
+    checkpoint carries them); ``tokenizer`` is a folder, needed only when the weights carry none.
+    ``text_encoder_preset`` ``auto`` detects LTX-2.0/2.3/2.5 from the weights; ``text_max_tokens`` 0 = the preset's
+    length (1024); ``text_device`` ``auto`` = the training device.
+    """
 
     clips: str | None = None
     captions: str | None = None
@@ -70,6 +78,12 @@ class DataConfig:
     synthetic: SyntheticConfig | None = None
     qwen_feature_dir: str | None = None
     text_encoder: str = "tiny"
+    text_encoder_preset: str = "auto"
+    text_connectors: str | None = None
+    tokenizer: str | None = None
+    text_max_tokens: int = 0
+    text_device: str = "auto"
+    text_batch_size: int = 4
 
 
 @dataclass
@@ -107,6 +121,7 @@ class TrainConfig:
     dilation: int = 1
     caption_dropout: float = 0.0
     cpu_threads: int = 0
+    distributed: str = "ddp"
 
 
 @dataclass
@@ -269,6 +284,38 @@ def _one_of(value: str, options: tuple[str, ...] | list[str], path: str) -> None
     _need(value in options, path, f"{value!r} is not one of {list(options)}")
 
 
+def _validate_text_encoder(d: DataConfig, m: ModelConfig) -> None:
+    """data.text_encoder is 'tiny' or an existing Gemma file/folder; the fields that go with a path are consistent."""
+    from editctrl_core.text_encoders import list_text_presets
+
+    _one_of(d.text_encoder_preset, ["auto", *list_text_presets()], "data.text_encoder_preset")
+    _one_of(d.text_device, ("auto", "cpu", "cuda"), "data.text_device")
+    _need(d.text_max_tokens >= 0, "data.text_max_tokens", f"must be >= 0 (0 = the preset's length), got "
+          f"{d.text_max_tokens}")
+    _need(d.text_batch_size >= 1, "data.text_batch_size", f"must be >= 1, got {d.text_batch_size}")
+    if d.text_encoder == "tiny":
+        for name, default in (("text_encoder_preset", "auto"), ("text_connectors", None), ("tokenizer", None),
+                              ("text_max_tokens", 0)):
+            _need(getattr(d, name) == default, f"data.{name}", "only applies when data.text_encoder is a path to a "
+                  "Gemma text encoder ('tiny' is the built-in test encoder)")
+        return
+    source = Path(d.text_encoder)
+    _need(source.exists(), "data.text_encoder", f"no such file or folder {d.text_encoder!r}; give 'tiny' or a path to "
+          "LTX-2's Gemma text encoder: a .safetensors file from ComfyUI's models/text_encoders (e.g. "
+          "models/text_encoders/gemma_3_12B_it.safetensors) or a transformers/diffusers folder")
+    _need(source.is_dir() or source.suffix == ".safetensors", "data.text_encoder",
+          f"{d.text_encoder!r} is neither a .safetensors file nor a folder")
+    for name, what in (("text_connectors", "an LTX-2 checkpoint, a connectors .safetensors file or a diffusers folder "
+                                           "with connectors/"),
+                       ("tokenizer", "a folder with tokenizer.json / tokenizer.model")):
+        value = getattr(d, name)
+        if value is not None:
+            _need(Path(value).exists(), f"data.{name}", f"no such file or folder {value!r}; give {what}")
+    _need(d.text_connectors is not None or m.weights is not None or (source / "connectors" / "config.json").is_file(),
+          "data.text_connectors", "LTX-2's text connectors ship in the LTX checkpoint, not with Gemma: set "
+          "model.weights to the LTX-2 checkpoint, or data.text_connectors to it (or to a connectors file/folder)")
+
+
 def validate(cfg: Config) -> Config:
     """Range/choice checks across the config; raises ConfigError naming the first bad field. Returns cfg."""
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.output
@@ -286,7 +333,7 @@ def validate(cfg: Config) -> Config:
         if value is not None:
             _need(value >= 32 and value % 32 == 0, f"data.{name}", f"must be a positive multiple of 32, got {value}")
     _need(d.frame_stride >= 1, "data.frame_stride", f"must be >= 1, got {d.frame_stride}")
-    _one_of(d.text_encoder, ("tiny",), "data.text_encoder")
+    _validate_text_encoder(d, m)
     if d.synthetic is not None:
         s = d.synthetic
         _need(s.count >= 1, "data.synthetic.count", f"must be >= 1, got {s.count}")
@@ -313,6 +360,7 @@ def validate(cfg: Config) -> Config:
     _need(t.dilation >= 0, "train.dilation", "must be >= 0")
     _need(0 <= t.caption_dropout <= 1, "train.caption_dropout", "must be in [0, 1]")
     _need(t.cpu_threads >= 0, "train.cpu_threads", "must be >= 0 (0 = torch's default)")
+    _one_of(t.distributed, ("ddp", "fsdp"), "train.distributed")
     _need(o.checkpoint_every >= 1, "output.checkpoint_every", f"must be >= 1, got {o.checkpoint_every}")
     _need(o.keep_checkpoints >= 0, "output.keep_checkpoints", "must be >= 0 (0 = keep all)")
     _need(o.log_every >= 1, "output.log_every", "must be >= 1")

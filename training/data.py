@@ -8,17 +8,26 @@ the object removed); without it the target is the clip itself (inpainting).
 Shape rule (reported per clip): frames — every ``frame_stride``-th frame, the first ``min(F, frames)`` rounded down
 to 8n+1; size — scaled to cover ``height``×``width`` (bilinear, antialiased), then centre-cropped; without a target
 size, centre-cropped down to multiples of 32.
+
+Text: ``data.text_encoder: tiny`` embeds captions with the built-in tiny encoder per sample. A path to LTX-2's Gemma
+text encoder (`CachedTextEncoder`) is loaded once, encodes every caption not cached yet (plus the empty prompt used
+for caption dropout) in batches into ``<cache>/text/``, and is freed before the VAE pass and training; its identity
+(digests of the Gemma, connector and tokenizer files, preset, length) enters every cache key, so another encoder
+re-encodes instead of reusing stale embeddings.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +35,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editctrl_core.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
+from editctrl_core.text import TextConditioning
+
+if TYPE_CHECKING:
+    from editctrl_core.text_encoders import LTXTextEncoder
+    from training.config import Config, DataConfig
 
 log = logging.getLogger("editctrl.training")
 CACHE_VERSION = 1
+TEXT_DTYPE = "bfloat16"  # what `load_text_encoder` computes real Gemma weights in (enters the encoder identity)
+HASH_PROGRESS_BYTES = 1 << 28  # show a progress bar when hashing weights larger than this
 
 
 class DataError(ValueError):
@@ -237,18 +253,254 @@ class Encoders:
         return self._fill[shape]
 
 
+def _sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, with a tqdm bar for multi-GB weights."""
+    from tqdm import tqdm
+
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
+                                      disable=size < HASH_PROGRESS_BYTES) as bar:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def weights_digest(path: str | Path, memo_file: Path | None = None) -> str:
+    """sha256 of a weights file, or of a folder's files (relative names + contents).
+
+    Digests are remembered in `memo_file` per (real path, size, mtime), so a 24 GB Gemma file is read once, not on
+    every run.
+    """
+    path = Path(path)
+    memo: dict[str, str] = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except json.JSONDecodeError:
+            memo = {}
+    before = dict(memo)
+
+    def one(file: Path) -> str:
+        st = file.stat()
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = _sha256_file(file)
+        return memo[key]
+
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(path).as_posix()}\0{one(f)}\n".encode())
+        digest = h.hexdigest()
+    else:
+        digest = one(path)
+    if memo_file is not None and memo != before:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, memo_file)
+    return digest
+
+
+def resolve_text_connectors(d: DataConfig, model_weights: str | None) -> Path | None:
+    """Where the LTX-2 text connectors come from: data.text_connectors, else the Gemma folder's connectors/ (None:
+    the loader finds them), else model.weights (the LTX checkpoint carries them)."""
+    from training.config import ConfigError
+
+    if d.text_connectors is not None:
+        return Path(d.text_connectors)
+    if (Path(d.text_encoder) / "connectors" / "config.json").is_file():
+        return None
+    if model_weights is not None:
+        return Path(model_weights)
+    raise ConfigError("data.text_connectors: LTX-2's text connectors ship in the LTX checkpoint, not with Gemma: set "
+                      "model.weights to the LTX-2 checkpoint, or data.text_connectors to it")
+
+
+def _text_parts(source: Path) -> list[Path]:
+    """The parts of a weights path the text encoder reads: a diffusers pipeline folder's text_encoder/, tokenizer/
+    and connectors/ (not its multi-GB transformer), else the path itself."""
+    if source.is_dir() and ((source / "text_encoder" / "config.json").is_file()
+                            or (source / "connectors" / "config.json").is_file()):
+        return [source / n for n in ("text_encoder", "tokenizer", "connectors") if (source / n).is_dir()]
+    return [source]
+
+
+def _parts_digest(source: str | Path, memo_file: Path | None) -> str:
+    """Digest of `_text_parts(source)`."""
+    parts = _text_parts(Path(source))
+    if parts == [Path(source)]:
+        return weights_digest(source, memo_file)
+    return hashlib.sha256("|".join(f"{p.name}:{weights_digest(p, memo_file)}" for p in parts).encode()).hexdigest()
+
+
+def text_encoder_identity(d: DataConfig, connectors: Path | None, memo_file: Path | None = None) -> str:
+    """Identity of a Gemma text encoder setup (weight, connector and tokenizer digests, preset, length, dtype)."""
+    parts = {
+        "gemma": _parts_digest(d.text_encoder, memo_file),
+        "connectors": None if connectors is None else _parts_digest(connectors, memo_file),
+        "tokenizer": None if d.tokenizer is None else weights_digest(d.tokenizer, memo_file),
+        "preset": d.text_encoder_preset, "max_tokens": d.text_max_tokens, "dtype": TEXT_DTYPE,
+    }
+    return "gemma:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_gemma_text_encoder(d: DataConfig, connectors: Path | None, device: torch.device) -> LTXTextEncoder:
+    """LTX-2's text encoder from the data config via the core loader; load errors name the config field."""
+    from editctrl_core.models import ModelLoadError
+    from editctrl_core.text_encoders import load_text_encoder
+    from training.config import ConfigError
+
+    try:
+        return load_text_encoder(d.text_encoder, d.text_encoder_preset, connectors=connectors, tokenizer=d.tokenizer,
+                                 device=device, max_length=d.text_max_tokens or None)
+    except ModelLoadError as exc:
+        raise ConfigError(f"data.text_encoder: cannot load {d.text_encoder} ({exc}); check data.text_connectors, "
+                          "data.tokenizer and data.text_encoder_preset") from exc
+    except ValueError as exc:  # the length does not fit the connectors' learnable registers
+        raise ConfigError(f"data.text_max_tokens: {exc}") from exc
+
+
+class CachedTextEncoder:
+    """A real text encoder behind a per-prompt disk cache: loaded once for all missing prompts, then freed.
+
+    `prepare(prompts)` encodes (in batches) the prompts that have no file in `folder` yet and releases the encoder;
+    `encode(prompts)` returns their cached conditioning, so training never holds Gemma in memory.
+    """
+
+    def __init__(self, load: Callable[[], Any], identity: str, folder: Path,
+                 transformer_config: Mapping[str, Any] | None = None, batch_size: int = 4, label: str = ""):
+        self.load = load
+        self.id = identity
+        self.folder = Path(folder)
+        self.transformer_config = transformer_config
+        self.batch_size = batch_size
+        self.label = label or identity
+        self.loads = 0
+
+    def path(self, prompt: str) -> Path:
+        """Cache file of one prompt under this encoder."""
+        key = hashlib.sha256(f"{self.id}\0{prompt}".encode()).hexdigest()[:32]
+        return self.folder / f"{key}.safetensors"
+
+    def _check_width(self, cond: TextConditioning) -> None:
+        """Raise ConfigError when the embeddings do not fit the transformer's caption width."""
+        from editctrl_core.text_encoders import check_text_width
+        from training.config import ConfigError
+
+        if self.transformer_config is None:
+            return
+        try:
+            check_text_width(cond, self.transformer_config)
+        except ValueError as exc:
+            raise ConfigError(f"data.text_encoder: {exc} (text encoder {self.label}; the LTX-2 model is "
+                              "model.weights / model.preset)") from exc
+
+    def prepare(self, prompts: list[str], progress: bool = True) -> int:
+        """Encode and cache every prompt without a file (one load, batches, then free); returns how many."""
+        from tqdm import tqdm
+
+        missing = [p for p in dict.fromkeys(prompts) if not self.path(p).is_file()]
+        if not missing:
+            return 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        encoder = self.load()
+        self.loads += 1
+        if hasattr(encoder, "describe"):
+            log.info("text: %s", encoder.describe())
+        try:
+            batches = [missing[i:i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
+            with tqdm(total=len(missing), desc="text encoding", unit="prompt", disable=not progress) as bar:
+                for batch in batches:
+                    cond = encoder.encode(batch)
+                    self._check_width(cond)
+                    for row, prompt in enumerate(batch):
+                        tensors = {"text_embeds": cond.embeds[row].cpu().float(),
+                                   "text_mask": cond.mask[row].cpu().to(torch.uint8)}
+                        _atomic_save(tensors, self.path(prompt), {"prompt": prompt, "encoder": self.id})
+                    bar.update(len(batch))
+        finally:
+            del encoder
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return len(missing)
+
+    def encode(self, prompts: list[str] | str) -> TextConditioning:
+        """Cached conditioning of the prompts (encoding any that are not cached yet)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.prepare(prompts, progress=False)
+        embeds, masks = [], []
+        for prompt in prompts:
+            path = self.path(prompt)
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    embeds.append(fh.get_tensor("text_embeds"))
+                    masks.append(fh.get_tensor("text_mask").long())
+            except Exception as exc:
+                raise DataError(f"{path}: unreadable text cache file ({exc}); delete it and re-run") from exc
+        cond = TextConditioning(torch.stack(embeds), torch.stack(masks), prompts[0] if len(prompts) == 1 else "")
+        self._check_width(cond)
+        return cond
+
+
+def training_text_encoder(cfg: Config, preset: Any, transformer: torch.nn.Module,
+                          cache_dir: str | Path) -> tuple[Any, str]:
+    """The run's text encoder for precompute and its cache identity.
+
+    'tiny' → the built-in `TinyTextEncoder` of the model preset (identity 'tiny'); a path → a `CachedTextEncoder`
+    over LTX-2's Gemma weights, on data.text_device ('auto': the transformer's device).
+    """
+    from training.config import ConfigError
+
+    d = cfg.data
+    if d.text_encoder == "tiny":
+        from editctrl_core.text import TinyTextEncoder
+
+        width, want = (preset.text_encoder or {}).get("hidden_size"), preset.transformer["caption_channels"]
+        if width != want:
+            raise ConfigError(f"data.text_encoder: 'tiny' is the built-in test encoder ({width or 'no'} wide, for "
+                              f"model.preset tiny) but model {preset.name} expects caption_channels {want}: set "
+                              "data.text_encoder to LTX-2's Gemma text encoder, e.g. "
+                              "models/text_encoders/gemma_3_12B_it.safetensors")
+        return TinyTextEncoder(preset), "tiny"
+    if d.text_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("data.text_device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if d.text_device == "auto":
+        device = next(transformer.parameters()).device
+        device = device if device.type == "cuda" else torch.device("cpu")
+    else:
+        device = torch.device(d.text_device)
+    connectors = resolve_text_connectors(d, cfg.model.weights)
+    cache_dir = Path(cache_dir)
+    identity = text_encoder_identity(d, connectors, cache_dir / "weight_digests.json")
+    label = d.text_encoder + (f" + {connectors}" if connectors is not None else "")
+    text = CachedTextEncoder(lambda: load_gemma_text_encoder(d, connectors, device), identity, cache_dir / "text",
+                             transformer.config, d.text_batch_size, label)
+    return text, identity
+
+
 def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache_dir: str | Path,
                progress: bool = True) -> tuple[list[Path], dict[str, int]]:
-    """Encode every clip not yet cached; returns the cache files (in clip order) and counts of done/skipped."""
+    """Encode every clip not yet cached; returns the cache files (in clip order) and counts of done/skipped.
+
+    A text encoder with `prepare` (`CachedTextEncoder`) first encodes all captions of the clips to do, plus the empty
+    prompt, in one load, and is freed before the VAE pass.
+    """
     from editctrl_core.video_io import read_video
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    files, stats = [], {"encoded": 0, "skipped": 0}
-    for spec in specs:
-        key = cache_key(spec, rule, encoders.id)
-        path = cache_dir / f"{key}.safetensors"
-        files.append(path)
+    files = [cache_dir / f"{cache_key(spec, rule, encoders.id)}.safetensors" for spec in specs]
+    stats = {"encoded": 0, "skipped": 0}
+    prepare = getattr(encoders.text, "prepare", None)
+    if prepare is not None:
+        prepare([""] + [spec.caption for spec, path in zip(specs, files) if not path.is_file()], progress=progress)
+    for spec, path in zip(specs, files):
         if path.is_file():
             stats["skipped"] += 1
             continue

@@ -2,8 +2,9 @@
 
 Runs the configured stages in order (``scd`` → ``editctrl_local`` → ``editctrl_global`` → ``tma``), each training only
 its own parameters, with atomic checkpoints every ``output.checkpoint_every`` steps and exact resume. Multi-process
-through ``accelerate launch`` (DDP; gloo on CPU). Progress: tqdm (loss, it/s), TensorBoard under ``<out>/tensorboard``,
-``<out>/losses.jsonl`` and debug PNGs under ``<out>/debug``.
+through ``accelerate launch`` (DDP, or FSDP2 with ``train.distributed: fsdp``: see training/distributed.py; gloo on
+CPU). Progress: tqdm (loss, it/s), TensorBoard under ``<out>/tensorboard``, ``<out>/losses.jsonl`` and debug PNGs under
+``<out>/debug``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ from training.data import (
     precompute,
     write_synthetic_clips,
 )
+from training.distributed import (
+    StateDictView,
+    check_strategy,
+    clip_grad_norm,
+    full_added_state,
+    full_lora,
+    full_optimizer_state,
+    gradient_sync,
+    load_optimizer_state,
+    resolve_strategy,
+    sharded_numel,
+    sync_replicated_grads,
+    wrap_fsdp,
+)
 from training.engine import BaseModels, TrainModule, load_base
 
 log = logging.getLogger("editctrl.training")
@@ -48,7 +63,7 @@ def _module_digest(module: torch.nn.Module) -> str:
 
 def prepare_data(cfg: Config, base: BaseModels, out_dir: Path) -> tuple[list[Path], Encoders]:
     """Write synthetic clips if asked, discover clips + captions, and precompute the latent/text cache."""
-    from editctrl_core.text import TinyTextEncoder
+    from training.data import training_text_encoder
 
     d = cfg.data
     folder = Path(d.clips) if d.clips else out_dir / "clips"
@@ -60,9 +75,9 @@ def prepare_data(cfg: Config, base: BaseModels, out_dir: Path) -> tuple[list[Pat
     rule = ShapeRule(d.frames, d.height, d.width, d.frame_stride)
     if base.vae is None:
         raise DataError("model.weights holds no VAE; give model.vae_weights to encode clips")
-    text = TinyTextEncoder(base.preset)
-    encoders = Encoders(base.vae, text, f"{base.preset.model_id}|vae:{_module_digest(base.vae)}|text:{d.text_encoder}")
     cache = Path(d.cache_dir) if d.cache_dir else out_dir / "cache"
+    text, text_id = training_text_encoder(cfg, base.preset, base.transformer, cache)
+    encoders = Encoders(base.vae, text, f"{base.preset.model_id}|vae:{_module_digest(base.vae)}|text:{text_id}")
     log.info("shape rule: %s", rule.describe())
     files, stats = precompute(specs, rule, encoders, cache)
     log.info("data: %d clips (%d encoded, %d cached) in %s", len(files), stats["encoded"], stats["skipped"], cache)
@@ -98,11 +113,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps: int) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def estimate_memory(cfg: Config, module: TrainModule) -> dict[str, float]:
-    """Rough peak memory (GiB) of one training step: weights, trainable state, activations of one sample."""
+def estimate_memory(cfg: Config, module: TrainModule, shards: int = 1) -> dict[str, float]:
+    """Rough peak memory (GiB) per process of one step: weights, trainable state, activations of one sample.
+
+    `shards` > 1 (FSDP): the transformer blocks' weights and trainable state are split over that many processes.
+    """
     base_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
     n_base = sum(p.numel() for n, p in module.named_parameters() if not p.requires_grad)
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    if shards > 1:
+        block_base, block_train = sharded_numel(module)
+        n_base -= block_base - block_base // shards
+        n_train -= block_train - block_train // shards
     opt_bytes = 2 if cfg.train.optimizer == "adamw8bit" else 8
     d = cfg.data
     frames, height, width = d.frames, d.height or 512, d.width or 768
@@ -127,6 +149,7 @@ def dry_run(cfg: Config) -> str:
     """The plan without training: stages, trainable parameter counts, memory estimate (model built on meta)."""
     from editctrl_core.models import build_transformer, load_preset
 
+    check_strategy(cfg)
     preset = load_preset(cfg.model.preset)
     transformer = build_transformer(preset, empty=True)
     split = cfg.model.split_layer or preset.split_layer
@@ -142,6 +165,14 @@ def dry_run(cfg: Config) -> str:
                  f"batch {cfg.train.batch_size * cfg.train.grad_accum * world}; optimizer {cfg.train.optimizer}; "
                  f"precision {cfg.model.dtype}/{cfg.train.mixed_precision}; gradient checkpointing "
                  f"{cfg.model.gradient_checkpointing}")
+    strategy = cfg.train.distributed
+    if strategy == "fsdp":
+        lines.append(f"distributed: fsdp (FSDP2), transformer blocks sharded over {world} process(es)"
+                     + ("; with one process it trains unsharded" if world == 1 else "")
+                     + "; the rest replicated")
+    else:
+        lines.append(f"distributed: ddp, model replicated on each of {world} process(es)")
+    shards = world if strategy == "fsdp" else 1
     qwen_dim = 3584 if preset.family != "tiny" else 32
     for i, st in enumerate(cfg.stages):
         module.prepare_stage(i, qwen_dim=qwen_dim)
@@ -150,8 +181,9 @@ def dry_run(cfg: Config) -> str:
         desc = ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} @ lr {g['lr']:g}" for g in groups)
         lines.append(f"stage {i} {st.name}: {st.steps} steps, trainable {count:,} ({desc}); decoder tokens "
                      f"{st.decode_tokens}")
-        mem = estimate_memory(cfg, module)
-        lines.append(f"  memory estimate (rough, one sample of {int(mem['tokens'])} tokens): weights "
+        mem = estimate_memory(cfg, module, shards)
+        per = f" per process ({shards} shards)" if shards > 1 else ""
+        lines.append(f"  memory estimate{per} (rough, one sample of {int(mem['tokens'])} tokens): weights "
                      f"{mem['weights']:.2f} GiB + trainable/optimizer {mem['trainable_state']:.3f} GiB + activations "
                      f"{mem['activations']:.2f} GiB = {mem['total']:.2f} GiB")
     return "\n".join(lines)
@@ -182,6 +214,8 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
+        self.sharded = resolve_strategy(cfg, self.world) == "fsdp"
+        self.fsdp_blocks: list[torch.nn.Module] = []
         self.out = Path(cfg.output.dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.hash = config_hash(cfg)
@@ -264,12 +298,18 @@ class Trainer:
         return wandb.init(project="editctrl", dir=str(self.out), config=to_dict(self.cfg), name=self.out.name)
 
     def save_weights(self, step: int | None) -> dict[str, Path]:
-        """LoRA (native ComfyUI keys) and adapter files, step-named or final (`step=None`)."""
+        """LoRA (native ComfyUI keys) and adapter files, step-named or final (`step=None`); the main process writes.
+
+        Under FSDP every process calls it (the sharded LoRA is gathered first); the others return {}.
+        """
         from editctrl_core.adapters import save_adapter
-        from editctrl_core.lora import lora_from_peft, save_lora
+        from editctrl_core.lora import save_lora
         from editctrl_core.tma import save_tma
 
         m = self.module
+        lora = full_lora(m.transformer) if m.has_lora else None
+        if not self.main:
+            return {}
         model_id, split = m.preset.model_id, m.split_layer
         files = {}
 
@@ -282,8 +322,8 @@ class Trainer:
             meta = {"base_model": model_id, "preset": m.preset.name, "lora_rank": lo.rank, "lora_alpha": lo.alpha,
                     "split_layer": split, "stage": stage, "config_hash": self.hash,
                     "step": -1 if step is None else step, "lora_targets": lo.targets, "lora_attentions": lo.attentions,
-                    "lora_encoder": lo.encoder}
-            files["lora"] = save_lora(lora_from_peft(m.transformer), name("lora_weights"), meta)
+                    "lora_encoder": lo.encoder, "scd_prefix": m.scd.options.prefix}
+            files["lora"] = save_lora(lora, name("lora_weights"), meta)
         if m.local is not None:
             save_adapter(m.local, name("local_context"), model_id, split)
             files["local"] = name("local_context")
@@ -296,13 +336,16 @@ class Trainer:
         return files
 
     def checkpoint(self, step: int, stage: int, stage_step: int, optimizer, scheduler) -> None:
-        """Step-named weights + state folder (main process only), then prune old ones."""
-        if not self.main:
+        """Step-named weights + state folder (written by the main process; gathered by all under FSDP), then prune."""
+        if not (self.main or self.sharded):
             return
         self.save_weights(step)
-        ckpt.save_state(self.out, step, trainable=self.module.added_state(), optimizer=optimizer, scheduler=scheduler,
+        trainable, opt_state = full_added_state(self.module), full_optimizer_state(optimizer)
+        if not self.main:
+            return
+        ckpt.save_state(self.out, step, trainable=trainable, optimizer=StateDictView(opt_state), scheduler=scheduler,
                         extra={"stage": stage, "stage_step": stage_step, "config_hash": self.hash,
-                               "world_size": self.world},
+                               "world_size": self.world, "distributed": "fsdp" if self.sharded else "ddp"},
                         extra_tensors={"mask_sampler": self.module.masks.state_dict()["generator"]})
         ckpt.prune(self.out, self.cfg.output.keep_checkpoints)
 
@@ -340,20 +383,22 @@ class Trainer:
             m.prepare_stage(si, qwen_dim)
             if restored is not None and si == start_stage:
                 m.load_added_state(restored["trainable"])
+            if self.sharded:
+                self.fsdp_blocks = wrap_fsdp(m, cfg.train.mixed_precision)
             groups = m.param_groups()
             params = [p for g in groups for p in g["params"]]
             optimizer = make_optimizer(groups, cfg)
             scheduler = make_scheduler(optimizer, cfg, st.steps)
             first = 0
             if restored is not None and si == start_stage and start_stage_step > 0:
-                optimizer.load_state_dict(restored["optimizer"])
+                load_optimizer_state(optimizer, restored["optimizer"])
                 scheduler.load_state_dict(restored["scheduler"])
                 ckpt.set_rng_state(restored["rng"], restored["state"]["rng"])
                 m.masks.load_state_dict({"generator": restored["rng"]["mask_sampler"]})
                 first = start_stage_step
             restored = None
             model = m
-            if self.world > 1:
+            if self.world > 1 and not self.sharded:
                 model = torch.nn.parallel.DistributedDataParallel(m, find_unused_parameters=False)
             bar.set_description(f"{st.name}")
             for stage_step in range(first, st.steps):
@@ -368,14 +413,15 @@ class Trainer:
                 for micro in range(cfg.train.grad_accum):
                     samples = [(self.dataset[self._item(si, k)], k) for k in self._sample_indices(si, stage_step, micro)]
                     sync = micro == cfg.train.grad_accum - 1 or self.world == 1
-                    ctx = model.no_sync() if not sync else _nullcontext()
-                    with ctx, self._autocast():
+                    with gradient_sync(model, self.fsdp_blocks, sync), self._autocast():
                         loss, dbg = model(samples, want_debug=bool(want_debug) and micro == 0)
                         acc.backward(loss / cfg.train.grad_accum)
                     total_loss += loss.detach() / cfg.train.grad_accum
                     debug = debug or dbg
+                if self.sharded:
+                    sync_replicated_grads(params)
                 if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                    clip_grad_norm(params, cfg.train.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -403,7 +449,7 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.output.checkpoint_every == 0 or stage_step + 1 == st.steps:
                     self.checkpoint(step, si, stage_step + 1, optimizer, scheduler)
-            if self.main and not stop:
+            if (self.main or self.sharded) and not stop:
                 self.files.update(self.save_weights(None))
             acc.wait_for_everyone()
             if stop:
@@ -414,16 +460,6 @@ class Trainer:
         if wandb_run is not None:
             wandb_run.finish()
         return RunResult(self.out, step, losses, self.files)
-
-
-class _nullcontext:
-    """Minimal no-op context manager."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error in {args.config}: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(dry_run(cfg))
+        try:
+            print(dry_run(cfg))
+        except ConfigError as exc:
+            print(f"config error in {args.config}: {exc}", file=sys.stderr)
+            return 2
         return 0
     try:
         result = Trainer(cfg, resume=args.resume, quiet=args.quiet).run(max_steps=args.max_steps)

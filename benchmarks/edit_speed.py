@@ -757,11 +757,12 @@ def report(doc: dict[str, Any]) -> str:
         + (", diffusers tiling" if vae.get("vae_decode_tiled") else "") + "). "
         f"Our path decodes only the edit box grown by a {st['halo_tokens']}-token halo and feathers it into the "
         f"source pixels ({st['feather_px']:.0f} px); the baselines decode everything and are charged no composite. "
-        "Our path encodes the source once and blanks the edit region in latent space for the encoder/adapters; "
-        "the last column adds the second full encode that `prepare_edit` does today (grey-filled pixels).",
+        "Our path encodes the source once and blanks the edit region to the grey-clip latents for the "
+        "encoder/adapters (`prepare_edit`; those latents are cached per VAE and clip shape, so only the first edit "
+        "of a shape in a session pays one more encode: last column).",
         "",
         "| path | mask | decode box (latent rows×cols) | share of frame | VAE decode s | composite s | whole edit s "
-        "| speed-up vs diffusers baseline | vs fast baseline | with 2 encodes s |",
+        "| speed-up vs diffusers baseline | vs fast baseline | first edit of a shape s |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ordered:
@@ -830,9 +831,9 @@ CAVEATS = [
     "offloading and the text encoder's residency are not included: the text encoder (29 GB peak) is freed before "
     "the transformer is built, so the peak columns are the transformer + VAE + adapters (≈ 41 GB of weights) plus "
     "activations; the largest activation peak is the full-resolution VAE encode.",
-    "- Our path VAE-encodes the source once and blanks the edit region in latent space (`adapters.blank_latents`) "
-    "for the SCD encoder and the adapters; `prepare_edit` currently encodes a second, grey-filled copy (last column "
-    "of the whole-edit table).",
+    "- Our path VAE-encodes the source once and blanks the edit region to the latents of an all-grey clip "
+    "(`context.fill_latents`, the same blanking as in training), cached per VAE and shape; the first edit of a new "
+    "clip shape encodes that grey clip once (last column of the whole-edit table).",
     "- The baselines are charged no composite (they return the decoded video); the diffusers baseline still runs "
     "LTX2Stack's silent audio stream, the fast baseline does not.",
     "",

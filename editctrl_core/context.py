@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from .masks import pixel_mask_to_token_mask
 from .vae import encode_frames
 
 BACKGROUND_FILL = 0.5
+_FILL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -72,14 +74,30 @@ def conform(frames: torch.Tensor, mask: torch.Tensor, snap: bool) -> tuple[torch
     return (frames[:nf, top:top + nh, left:left + nw], mask[:nf, top:top + nh, left:left + nw], note)
 
 
+def fill_latents(vae: AutoencoderKLLTX2Video, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Latents [1,C,f,h,w] of an all-grey clip of `shape` (frames, height, width): what an edit region is blanked
+    to, in training and at inference alike. Encoded once per VAE and shape, then reused."""
+    per_vae = _FILL_CACHE.setdefault(vae, {})
+    if shape not in per_vae:
+        per_vae[shape] = encode_frames(vae, torch.full((*shape, 3), BACKGROUND_FILL)).cpu()
+    return per_vae[shape]
+
+
+def blank_background(source: torch.Tensor, token_mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Source latents [B,C,f,h,w] with the tokens of `token_mask` [f,h,w] replaced by the grey-clip latents."""
+    return torch.where(token_mask.to(source.device)[None, None], fill.to(source), source)
+
+
 def prepare_edit(vae: AutoencoderKLLTX2Video, frames: torch.Tensor, mask: torch.Tensor,
                  snap: bool = False) -> EditContext:
-    """VAE-encode the source clip and its background (masked pixels filled with grey) and map the mask to tokens."""
+    """VAE-encode the source clip once, map the mask to tokens and blank those tokens to the grey-clip latents
+    (the background the SCD encoder and the adapters see, exactly as in training)."""
     frames, mask, note = conform(frames.float(), mask.float(), snap)
     grid = grid_for(frames.shape[0], frames.shape[1], frames.shape[2])
-    source = encode_frames(vae, frames)
-    inside = (mask >= 0.5).unsqueeze(-1)
-    background_frames = torch.where(inside, torch.full_like(frames, BACKGROUND_FILL), frames)
-    background = encode_frames(vae, background_frames) if bool(inside.any()) else source.clone()
+    source = encode_frames(vae, frames).cpu()
     token_mask = pixel_mask_to_token_mask(mask)
-    return EditContext(frames, mask, source.cpu(), background.cpu(), token_mask, grid, note)
+    if bool(token_mask.any()):
+        background = blank_background(source, token_mask, fill_latents(vae, tuple(frames.shape[:3])))
+    else:
+        background = source.clone()
+    return EditContext(frames, mask, source, background, token_mask, grid, note)

@@ -236,7 +236,6 @@ class Encoders:
         self.vae = vae
         self.text = text_encoder
         self.id = encoder_id
-        self._fill: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames [F,H,W,3] → normalised latents [C,f,h,w]."""
@@ -246,11 +245,9 @@ class Encoders:
 
     def fill_latents(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Latents [C,f,h,w] of an all-grey clip (the background fill of `prepare_edit`), per pixel shape."""
-        if shape not in self._fill:
-            from editctrl_core.context import BACKGROUND_FILL
+        from editctrl_core.context import fill_latents
 
-            self._fill[shape] = self.encode_frames(torch.full((*shape, 3), BACKGROUND_FILL))
-        return self._fill[shape]
+        return fill_latents(self.vae, shape)[0]
 
 
 def _sha256_file(path: Path) -> str:

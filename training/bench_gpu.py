@@ -2,6 +2,7 @@
 
     python -m training.bench_gpu --frames 49 --height 512 --width 768 --rank 32 --steps 4
     torchrun --nproc_per_node 2 -m training.bench_gpu ...     # DDP: one process per GPU, LoRA grads all-reduced
+    torchrun --nproc_per_node 2 -m training.bench_gpu --strategy fsdp ...   # FSDP2: transformer blocks sharded
 
 Builds the preset on `meta`, materialises it with `to_empty(device="cuda")` and fills it with random values (no
 weights are needed), injects the LoRA through the same `TrainModule` as `training.train`, and times full optimiser
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--decode", default="masked", choices=["masked", "all"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
+                    help="with several processes: DDP (replicated) or FSDP2 (training.distributed.wrap_fsdp)")
     args = ap.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -71,9 +74,20 @@ def main() -> None:
         module = TrainModule(cfg, BaseModels(preset, transformer.requires_grad_(False), None, preset.split_layer),
                              "cuda")
         module.prepare_stage(0)
-        opt = torch.optim.AdamW(module.param_groups(), fused=True)
+        fsdp = world > 1 and args.strategy == "fsdp"
+        if fsdp:
+            from training.distributed import wrap_fsdp
+
+            blocks = wrap_fsdp(module, "bf16")
+            torch.cuda.empty_cache()
+            held = sum(p.to_local().numel() for b in blocks for p in b.parameters())
+            total = sum(p.numel() for b in blocks for p in b.parameters())
+            if rank == 0:
+                print(f"FSDP2: this process holds {held:,} of {total:,} block parameters; "
+                      f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated after sharding", flush=True)
+        opt = torch.optim.AdamW(module.param_groups(), fused=not fsdp)
         step_module = module
-        if world > 1:
+        if world > 1 and not fsdp:
             step_module = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[torch.cuda.current_device()], find_unused_parameters=True)
         g = torch.Generator().manual_seed(rank)
@@ -102,7 +116,8 @@ def main() -> None:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return
-    print(f"\n{torch.cuda.get_device_name()} x{world} (DDP: {world > 1}) | torch {torch.__version__} | "
+    mode = "one process" if world == 1 else args.strategy.upper()
+    print(f"\n{torch.cuda.get_device_name()} x{world} ({mode}) | torch {torch.__version__} | "
           f"build+randomise {build_s:.1f} s | "
           f"{args.frames} frames {args.height}x{args.width} | LoRA rank {args.rank} | gradient checkpointing "
           f"{not args.no_checkpointing}")

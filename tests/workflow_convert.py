@@ -121,7 +121,9 @@ def _assign_widget_values(values: Any, specs: list[dict[str, Any]]) -> dict[str,
             break
         out[spec["name"]] = values[i]
         i += 1
-        if spec["control"] and extras > 0 and i < len(values) and values[i] in CONTROL_VALUES:
+        # a control widget's value follows its widget; a workflow saved before optional widgets were added to
+        # the node has fewer values than widgets, so `extras` cannot tell whether it is there: its value can
+        if spec["control"] and i < len(values) and values[i] in CONTROL_VALUES:
             i += 1
             extras -= 1
             # combos also get a filter text widget after their control widget

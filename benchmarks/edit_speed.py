@@ -819,6 +819,10 @@ CAVEATS = [
     "(`scd_prefix`), which the LoRA loader follows. `fast-bidirectional` is the SCD paper's plain token concat, kept "
     "for comparison and for LoRAs trained that way. `tests/test_fast_decode.py` checks the cached path equals "
     "`SCDModel.decode` in both modes.",
+    "- **`scd-eager` is the fallback** (LTX-2.3/2.5 block layouts and multi-region edits, which the fast decoder "
+    "does not cover): it expresses the one-way prefix as an additive [2n,2n] mask over diffusers' blocks, which "
+    "rules out the flash kernel and recomputes the prefix every step, so at large masks it is slower than the "
+    "full-attention baseline.",
     "- **torch.compile** (`fast-compiled`, the sampler's `compile` option) compiles the block function once per "
     "process with dynamic token counts, so later edits with other mask sizes reuse it (tested on CPU: no recompile "
     "for a new token count); inductor also caches kernels on disk for the next process.",

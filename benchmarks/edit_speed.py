@@ -10,7 +10,7 @@ CFG doubles the batch of both paths alike):
 - ``baseline-fast``: the same full-attention model through our fast block code (cached text K/V, no audio stream,
   CUDA graph) — the like-for-like baseline;
 - ``scd-eager``: ``SCDModel.encode`` once + ``SCDModel.decode`` per step with both adapters attached (the reference
-  code, the sampler's fallback);
+  code that training runs);
 - ``fast``: what the sampler runs: the same arithmetic with per-edit caches (text, global-context and the one-way
   prefix's keys/values, so each step runs the noisy tokens only) and a CUDA graph;
 - ``fast-bidirectional``: the SCD paper's plain token concat (the prefix attends to the noisy tokens, so it is
@@ -594,7 +594,7 @@ class Bench:
 PATH_NOTES = {
     "baseline-diffusers": "all 48 blocks × all tokens, diffusers block code (what the plain model costs)",
     "baseline-fast": "all 48 blocks × all tokens, our fast block code + CUDA graph (like-for-like)",
-    "scd-eager": "SCDModel.encode once + SCDModel.decode per step, both adapters (reference code, the fallback)",
+    "scd-eager": "SCDModel.encode once + SCDModel.decode per step, both adapters (the reference code training runs)",
     "fast": "what the sampler runs: one-way prefix with its K/V cached per edit (steps run the noisy tokens only), "
             "cached text/global K/V, CUDA graph",
     "fast-bidirectional": "the SCD paper's plain token concat (prefix recomputed every step), cached text K/V + "
@@ -819,10 +819,12 @@ CAVEATS = [
     "(`scd_prefix`), which the LoRA loader follows. `fast-bidirectional` is the SCD paper's plain token concat, kept "
     "for comparison and for LoRAs trained that way. `tests/test_fast_decode.py` checks the cached path equals "
     "`SCDModel.decode` in both modes.",
-    "- **`scd-eager` is the fallback** (LTX-2.3/2.5 block layouts and multi-region edits, which the fast decoder "
-    "does not cover): it expresses the one-way prefix as an additive [2n,2n] mask over diffusers' blocks, which "
+    "- **`scd-eager` is the reference path** (training, and the sampler only with decoder block hooks or "
+    "`fast=False`): it expresses the one-way prefix as an additive [2n,2n] mask over diffusers' blocks, which "
     "rules out the flash kernel and recomputes the prefix every step, so at large masks it is slower than the "
-    "full-attention baseline.",
+    "full-attention baseline. The fast decoder covers the LTX-2.0, 2.3 and 2.5 block layouts and multi-region edits "
+    "(tested against it on tiny models); on LTX-2.3 the prompt is modulated by σ, so its prompt keys/values and the "
+    "prefix pass are recomputed every step (not measured here: this run is the 2.0 19B).",
     "- **torch.compile** (`fast-compiled`, the sampler's `compile` option) compiles the block function once per "
     "process with dynamic token counts, so later edits with other mask sizes reuse it (tested on CPU: no recompile "
     "for a new token count); inductor also caches kernels on disk for the next process.",

@@ -12,8 +12,10 @@ What is cached once per edit (exact: none of it depends on the step):
 
 The silent one-token audio stream that ``LTX2Stack.run_blocks`` carries through every block is skipped: with
 audio↔video cross-attention off it never reaches the video output. :class:`GraphedStep` replays a step as a CUDA
-graph (no per-kernel launch cost). Only the LTX-2.0 block layout is supported (no prompt AdaLN, no perturbed
-attention); other variants raise ``NotImplementedError`` and should use ``SCDModel.decode``.
+graph (no per-kernel launch cost). LTX-2.3/2.5 blocks (gated attention, prompt AdaLN) are reproduced too: LTX-2.5's
+prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so its prompt
+keys/values (and a one-way prefix's, which attends to that prompt) are recomputed every step. Perturbed attention
+(STG) is not used by the edit sampler.
 """
 
 from __future__ import annotations
@@ -50,17 +52,17 @@ def _apply_rope(x: torch.Tensor, rope: Rope, rope_type: str) -> torch.Tensor:
     return apply_interleaved_rotary_emb(x, rope)
 
 
-def check_supported(stack: LTX2Stack) -> None:
-    """Raise NotImplementedError for block layouts the fast path does not reproduce exactly."""
-    block = stack.model.transformer_blocks[0]
-    problems = []
-    if block.video_cross_attn_adaln or block.cross_attn_adaln:
-        problems.append("prompt AdaLN on the text cross-attention (LTX-2.3+)")
-    if block.perturbed_attn:
-        problems.append("perturbed attention")
-    if problems:
-        raise NotImplementedError(f"fast decoding supports the LTX-2.0 block layout only; this model has "
-                                  f"{', '.join(problems)}: use SCDModel.decode")
+def text_depends_on_sigma(stack: LTX2Stack) -> bool:
+    """LTX-2.3's prompt AdaLN modulates the prompt by σ, so its keys/values change every step (LTX-2.5's do not)."""
+    return bool(stack.model.prompt_modulation and stack.config.use_prompt_adaln_single)
+
+
+def check_supported(stack: LTX2Stack, sigma_text: bool = True) -> None:
+    """Raise NotImplementedError for what a fast path does not reproduce exactly (``sigma_text``: whether it can
+    recompute σ-dependent prompt keys/values every step)."""
+    if not sigma_text and text_depends_on_sigma(stack):
+        raise NotImplementedError("this pass caches the prompt keys/values, but this model modulates the prompt by σ "
+                                  "(LTX-2.3 prompt AdaLN): use the diffusers blocks")
 
 
 @dataclass
@@ -74,6 +76,18 @@ class BlockKV:
 def text_kv(attn: torch.nn.Module, context: torch.Tensor) -> BlockKV:
     """Prompt keys/values of an LTX2Attention (norm_k(to_k(text)), to_v(text)), computed once per edit."""
     return BlockKV(_heads(attn.norm_k(attn.to_k(context)), attn.heads), _heads(attn.to_v(context), attn.heads))
+
+
+def block_text_kv(block: torch.nn.Module, context: torch.Tensor, temb_prompt: torch.Tensor | None) -> BlockKV:
+    """A block's prompt keys/values, with the prompt AdaLN of LTX-2.3/2.5 blocks applied first (its static table,
+    plus the σ embedding `temb_prompt` [B,1,2D] where the model has one)."""
+    if getattr(block, "cross_attn_adaln", False):
+        table = block.prompt_scale_shift_table[None, None].to(context)
+        if temb_prompt is not None:
+            table = table + temb_prompt.reshape(temb_prompt.shape[0], temb_prompt.shape[1], 2, -1)
+        shift, scale = table.unbind(dim=2)
+        context = context * (1 + scale) + shift
+    return text_kv(block.attn2, context)
 
 
 def _attention_out(attn: torch.nn.Module, out: torch.Tensor, gate_source: torch.Tensor) -> torch.Tensor:
@@ -108,8 +122,9 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     ``keep_kv``, this block's own self-attention keys/values (rotated) for a prefix cache.
     """
     batch = hidden.shape[0]
-    mods = (block.scale_shift_table[None, None].to(temb.device) + temb.reshape(batch, temb.shape[1], 6, -1)).unbind(2)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+    table = block.scale_shift_table
+    mods = (table[None, None].to(temb.device) + temb.reshape(batch, temb.shape[1], table.shape[0], -1)).unbind(2)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
     attn = block.attn1
     normed = block.norm1(hidden) * (1 + scale_msa) + shift_msa
     q = _heads(_apply_rope(attn.norm_q(attn.to_q(normed)), rope, rope_type), attn.heads)
@@ -126,12 +141,17 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     hidden = hidden + _attention_out(attn, out, normed) * gate_msa
     attn = block.attn2
     normed = block.norm2(hidden)
+    if block.video_cross_attn_adaln:
+        shift_q, scale_q, gate_q = mods[6:9]
+        normed = normed * (1 + scale_q) + shift_q
     q = _heads(attn.norm_q(attn.to_q(normed)), attn.heads)
     mask = None if text_bias is None else text_bias.unsqueeze(1)
     out = _attention_out(attn, F.scaled_dot_product_attention(q, text.k, text.v, attn_mask=mask), normed)
     if branch is not None:
         module, kv = branch
         out = out + module(normed, None, None, kv).to(out.dtype)
+    if block.video_cross_attn_adaln:
+        out = out * gate_q
     hidden = hidden + out
     normed = block.norm3(hidden) * (1 + scale_mlp) + shift_mlp
     return hidden + block.ff(normed) * gate_mlp, own
@@ -201,7 +221,6 @@ class FastDecoder:
         if one_way_prefix and self_bias is not None:
             raise ValueError("self_bias applies to the uncached path; the one-way prefix has its own mask")
         s = scd.stack
-        check_supported(s)
         self.scd, self.stack, self.plan = scd, s, plan
         self.split = scd.split_layer
         self.blocks = list(s.model.transformer_blocks)[self.split:]
@@ -211,8 +230,15 @@ class FastDecoder:
         batch = plan.prefix.shape[0]
         self.n = plan.index.numel()
         text = plan.text.repeat(batch)
-        self.text_bias = text.video_bias
-        self.text_kv = [text_kv(b.attn2, text.video) for b in self.blocks]
+        bias = text.video_bias
+        if bias is not None and bias.shape[1] > 1 and one_way_prefix:
+            # per-token prompt masks (several regions) come doubled for [prefix; noisy]: split them
+            self.prefix_text_bias, self.text_bias = bias[:, :self.n], bias[:, self.n:]
+        else:
+            self.prefix_text_bias = self.text_bias = bias
+        self.text_video = text.video
+        self.sigma_text = text_depends_on_sigma(s)
+        self.text_kv = None if self.sigma_text else [block_text_kv(b, text.video, None) for b in self.blocks]
         self.global_kv = dict(plan.extras.get("global_kv", {}))
         self.branches = [self._branch(rel) for rel in range(len(self.blocks))]
         self.rope = s.rope(plan.coords)
@@ -222,8 +248,10 @@ class FastDecoder:
             tokens = plan.extras["local_tokens"].expand(batch, -1, -1)
             self.local = FastLocal(scd.local, tokens, plan.extras["local_coords"], text.video, text.key_bias())
         self.prefix_kv: list[BlockKV] | None = None
-        if one_way_prefix:
-            self.prefix_kv = self._prefix_pass(plan.prefix.contiguous(), plan.prefix_time[:, :1].contiguous())
+        self.prefix = plan.prefix.contiguous()
+        self.prefix_temb = plan.prefix_time[:, :1].contiguous()
+        if one_way_prefix and not self.sigma_text:
+            self.prefix_kv = self._prefix_pass(self.text_kv)
 
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""
@@ -236,13 +264,14 @@ class FastDecoder:
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         return self.scd.global_context.branch_module(rel), (k, v)
 
-    def _prefix_pass(self, prefix: torch.Tensor, prefix_temb: torch.Tensor) -> list[BlockKV]:
-        """Run the prefix alone through the decoder blocks at σ=0 and keep every block's self-attention keys/values."""
+    def _prefix_pass(self, text: list[BlockKV]) -> list[BlockKV]:
+        """Run the prefix alone through the decoder blocks at σ=0 and keep every block's self-attention keys/values
+        (once per edit; every step where the prompt keys/values `text` depend on σ)."""
         cache = []
-        hidden = prefix
+        hidden = self.prefix
         for rel, block in enumerate(self.blocks):
-            hidden, own = self.block_fn(block, hidden, prefix_temb, self.rope, self.rope_type, self.text_kv[rel],
-                                        self.text_bias, branch=self.branches[rel], keep_kv=True)
+            hidden, own = self.block_fn(block, hidden, self.prefix_temb, self.rope, self.rope_type, text[rel],
+                                        self.prefix_text_bias, branch=self.branches[rel], keep_kv=True)
             cache.append(own)
         return cache
 
@@ -253,6 +282,12 @@ class FastDecoder:
         time = s.time(sigma, sigma)
         noisy = s.model.proj_in(x.to(s.device, s.dtype))
         residuals = self.local(sigma) if self.local is not None else {}
+        text = self.text_kv
+        if text is None:
+            text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
+        prefix_kv = self.prefix_kv
+        if self.one_way and prefix_kv is None:
+            prefix_kv = self._prefix_pass(text)
         if self.one_way:
             hidden, temb, rope = noisy, time.temb, self.rope
         else:
@@ -260,8 +295,8 @@ class FastDecoder:
             temb = torch.cat([self.plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
             rope = self.rope_concat
         for rel, block in enumerate(self.blocks):
-            prefix = self.prefix_kv[rel] if self.prefix_kv is not None else None
-            hidden, _ = self.block_fn(block, hidden, temb, rope, self.rope_type, self.text_kv[rel], self.text_bias,
+            prefix = prefix_kv[rel] if prefix_kv is not None else None
+            hidden, _ = self.block_fn(block, hidden, temb, rope, self.rope_type, text[rel], self.text_bias,
                                       prefix=prefix, self_bias=self.self_bias, branch=self.branches[rel])
             r = residuals.get(rel)
             if r is not None:
@@ -279,13 +314,13 @@ class FastStack:
 
     def __init__(self, stack: LTX2Stack, text: TextConditioning, blocks: range | None = None):
         """Cache the projected prompt's keys/values for `blocks` (default: all)."""
-        check_supported(stack)
+        check_supported(stack, sigma_text=False)
         self.stack = stack
         self.range = blocks if blocks is not None else range(stack.num_layers)
         self.rope_type = stack.model.transformer_blocks[0].attn1.rope_type
         ctx: TextContext = stack.text(text)
         self.text_bias = ctx.video_bias
-        self.text_kv = {i: text_kv(stack.model.transformer_blocks[i].attn2, ctx.video) for i in self.range}
+        self.text_kv = {i: block_text_kv(stack.model.transformer_blocks[i], ctx.video, None) for i in self.range}
 
     def run(self, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, frame_tokens: int | None = None
             ) -> torch.Tensor:

@@ -137,7 +137,7 @@ def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: to
                    example_sigma: torch.Tensor) -> StepFunction:
     """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU, optionally compiled),
     else `SCDModel.decode`."""
-    if settings.fast and plan.text.video_bias is not None and plan.text.video_bias.shape[1] == 1:
+    if settings.fast:
         try:
             fast = FastDecoder(scd, plan, compile=settings.compile)
         except NotImplementedError:

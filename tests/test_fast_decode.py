@@ -10,7 +10,7 @@ from editctrl_core.context import to_tokens
 from editctrl_core.fast_decode import FastDecoder, FastStack, fast_encode
 from editctrl_core.models import build_transformer, load_preset
 from editctrl_core.scd import SCDModel, SCDOptions, one_way_prefix_bias
-from editctrl_core.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.text import TextConditioning, TinyTextEncoder, concat_conditionings
 
 PRESET = load_preset("tiny")
 INNER = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]
@@ -157,3 +157,78 @@ def test_compiled_blocks_equal_eager_and_compile_once_for_any_token_count(setup)
                                    FastDecoder(scd, other)(y, sigma), atol=1e-5, rtol=1e-5)
     assert counters["stats"]["unique_graphs"] == graphs, "a new token count recompiled the blocks"
     torch._dynamo.reset()
+
+
+LAYOUTS = {
+    "ltx-2.3": dict(gated_attn=True, cross_attn_mod=True, perturbed_attn=True, use_prompt_adaln_single=True,
+                    use_prompt_embeddings=False),
+    "ltx-2.5": dict(gated_attn=True, cross_attn_mod=True, perturbed_attn=True, use_prompt_adaln_single=False,
+                    use_prompt_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
+    """Gated attention + prompt AdaLN (σ-modulated prompt on 2.3, static on 2.5): the cached path equals
+    SCDModel.decode through diffusers' own blocks, with both adapters attached."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    torch.manual_seed(11)
+    model = LTX2VideoTransformer3DModel(**{**PRESET.transformer, **LAYOUTS[layout]}).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "scale_shift_table" in name or "to_gate_logits" in name:
+                p.normal_(0, 0.5)  # non-trivial modulation and gates
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
+    local, glob = _adapters()
+    scd.attach(local, glob)
+    assert scd.stack.model.transformer_blocks[0].video_cross_attn_adaln
+    enc = TinyTextEncoder(PRESET)
+    gen = torch.Generator().manual_seed(4)
+    audio_width = PRESET.transformer["audio_cross_attention_dim"]
+
+    def with_audio(cond: TextConditioning) -> TextConditioning:
+        """No caption projection on 2.3/2.5: the connectors give the audio stream its own prompt embeddings."""
+        cond.audio_embeds = torch.randn(*cond.embeds.shape[:2], audio_width, generator=gen)
+        return cond
+
+    positive = with_audio(enc.encode(["a red boat on a lake"]))
+    text = concat_conditionings([positive, with_audio(enc.encode([""]))])
+    background = torch.randn(1, CH, *GRID, generator=gen)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[:, 1:3, 2:5] = True
+    index = mask.flatten().nonzero().squeeze(1)
+    x = torch.randn(2, index.numel(), CH, generator=gen)
+    with torch.no_grad():
+        context = scd.encode(to_tokens(background), GRID, positive)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        fast = FastDecoder(scd, plan)
+        assert fast.sigma_text == (layout == "ltx-2.3")
+        for s in (0.9, 0.3):
+            sigma = torch.tensor([s, s])
+            ref = scd.decode(plan, x, sigma)
+            assert ref.abs().max() > 0.1
+            torch.testing.assert_close(fast(x, sigma), ref, atol=3e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
+def test_per_token_prompt_masks_of_several_regions(setup, prefix):
+    """Multi-region edits restrict each token to its region's prompt tokens: the fast path keeps those masks (split
+    between the one-way prefix pass and the noisy tokens) and equals SCDModel.decode."""
+    scd, _, text, background, x, positive = setup
+    scd = _with_prefix(scd, prefix)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[1:, 1:3, 1:4] = True
+    index = mask.flatten().nonzero().squeeze(1)
+    keep = torch.zeros(2, index.numel(), text.embeds.shape[1], dtype=torch.bool)
+    keep[:, : index.numel() // 2, :3] = True
+    keep[:, index.numel() // 2:, 2:] = True
+    sigma = torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        context = scd.encode(to_tokens(background), GRID, positive)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask, text_keep=keep)
+        ref = scd.decode(plan, x, sigma)
+        torch.testing.assert_close(FastDecoder(scd, plan)(x, sigma), ref, atol=2e-5, rtol=1e-5)
+        unmasked = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        assert not torch.allclose(scd.decode(unmasked, x, sigma), ref, atol=1e-4)  # the masks really matter

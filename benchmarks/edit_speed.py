@@ -204,6 +204,19 @@ def text_encode(kind: str, preset_name: str, device: torch.device, dtype: torch.
         del gemma, connectors
         free(device)
         return TextConditioning(embeds, None), info
+    if kind == "random":
+        cfg = load_preset(preset_name).transformer
+        projected = cfg.get("use_prompt_embeddings", True)
+        width = cfg["caption_channels"] if projected else cfg["cross_attention_dim"]
+        g = torch.Generator(device=device).manual_seed(0)
+        embeds = torch.randn(1, TEXT_TOKENS, width, device=device, generator=g)
+        audio = None if projected else torch.randn(1, TEXT_TOKENS, cfg["audio_cross_attention_dim"], device=device,
+                                                   generator=g)
+        mask = torch.zeros(1, TEXT_TOKENS, dtype=torch.long, device=device)
+        mask[:, -96:] = 1
+        info["text_encode_s"] = 0.0
+        info["note"] = "random prompt embeddings of the model's widths (no text encoder run)"
+        return TextConditioning(embeds, mask, audio_embeds=audio), info
     if kind == "tiny":
         from editctrl_core.text import TinyTextEncoder
 
@@ -889,7 +902,8 @@ def main() -> None:
     parser.add_argument("--masks", type=lambda s: tuple(float(v) for v in s.split(",")),
                         default=(0.10, 1.00, 0.05, 0.25, 0.50), help="mask fractions, in the order measured")
     parser.add_argument("--paths", default="scd-eager,fast,fast-bidirectional")
-    parser.add_argument("--text-encoder", default="gemma3-12b", choices=["gemma3-12b", "tiny"])
+    parser.add_argument("--text-encoder", default="gemma3-12b", choices=["gemma3-12b", "tiny", "random"],
+                        help="random: prompt embeddings of the model's widths, no encoder (e.g. --preset ltx-2.3)")
     parser.add_argument("--halo", type=int, default=DEFAULT_HALO_TOKENS)
     parser.add_argument("--profile-masks", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.10, 1.00))
     parser.add_argument("--json", type=Path, default=None, help="write the raw JSON here (after every stage)")

@@ -13,9 +13,9 @@ What is cached once per edit (exact: none of it depends on the step):
 The silent one-token audio stream that ``LTX2Stack.run_blocks`` carries through every block is skipped: with
 audio↔video cross-attention off it never reaches the video output. :class:`GraphedStep` replays a step as a CUDA
 graph (no per-kernel launch cost). LTX-2.3/2.5 blocks (gated attention, prompt AdaLN) are reproduced too: LTX-2.5's
-prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so its prompt
-keys/values (and a one-way prefix's, which attends to that prompt) are recomputed every step. Perturbed attention
-(STG) is not used by the edit sampler.
+prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so the noisy
+tokens' prompt keys/values are recomputed every step (the one-way prefix's use σ=0 and stay cached). Perturbed
+attention (STG) is not used by the edit sampler.
 """
 
 from __future__ import annotations
@@ -52,15 +52,10 @@ def _apply_rope(x: torch.Tensor, rope: Rope, rope_type: str) -> torch.Tensor:
     return apply_interleaved_rotary_emb(x, rope)
 
 
-def text_depends_on_sigma(stack: LTX2Stack) -> bool:
-    """LTX-2.3's prompt AdaLN modulates the prompt by σ, so its keys/values change every step (LTX-2.5's do not)."""
-    return bool(stack.model.prompt_modulation and stack.config.use_prompt_adaln_single)
-
-
 def check_supported(stack: LTX2Stack, sigma_text: bool = True) -> None:
     """Raise NotImplementedError for what a fast path does not reproduce exactly (``sigma_text``: whether it can
     recompute σ-dependent prompt keys/values every step)."""
-    if not sigma_text and text_depends_on_sigma(stack):
+    if not sigma_text and stack.prompt_depends_on_sigma:
         raise NotImplementedError("this pass caches the prompt keys/values, but this model modulates the prompt by σ "
                                   "(LTX-2.3 prompt AdaLN): use the diffusers blocks")
 
@@ -237,7 +232,7 @@ class FastDecoder:
         else:
             self.prefix_text_bias = self.text_bias = bias
         self.text_video = text.video
-        self.sigma_text = text_depends_on_sigma(s)
+        self.sigma_text = s.prompt_depends_on_sigma
         self.text_kv = None if self.sigma_text else [block_text_kv(b, text.video, None) for b in self.blocks]
         self.global_kv = dict(plan.extras.get("global_kv", {}))
         self.branches = [self._branch(rel) for rel in range(len(self.blocks))]
@@ -250,8 +245,13 @@ class FastDecoder:
         self.prefix_kv: list[BlockKV] | None = None
         self.prefix = plan.prefix.contiguous()
         self.prefix_temb = plan.prefix_time[:, :1].contiguous()
-        if one_way_prefix and not self.sigma_text:
-            self.prefix_kv = self._prefix_pass(self.text_kv)
+        if one_way_prefix:
+            prefix_text = self.text_kv
+            if prefix_text is None:  # the prefix's prompt is modulated at its own σ=0 (see SCDModel.decode)
+                zero = torch.zeros(batch, device=s.device)
+                temb_prompt = s.time(zero, zero).temb_prompt
+                prefix_text = [block_text_kv(b, text.video, temb_prompt) for b in self.blocks]
+            self.prefix_kv = self._prefix_pass(prefix_text)
 
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""
@@ -266,7 +266,7 @@ class FastDecoder:
 
     def _prefix_pass(self, text: list[BlockKV]) -> list[BlockKV]:
         """Run the prefix alone through the decoder blocks at σ=0 and keep every block's self-attention keys/values
-        (once per edit; every step where the prompt keys/values `text` depend on σ)."""
+        (once per edit)."""
         cache = []
         hidden = self.prefix
         for rel, block in enumerate(self.blocks):
@@ -286,8 +286,6 @@ class FastDecoder:
         if text is None:
             text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
         prefix_kv = self.prefix_kv
-        if self.one_way and prefix_kv is None:
-            prefix_kv = self._prefix_pass(text)
         if self.one_way:
             hidden, temb, rope = noisy, time.temb, self.rope
         else:
@@ -312,15 +310,20 @@ class FastDecoder:
 class FastStack:
     """Whole-stack passes (baseline full forward, SCD encoder) through :func:`video_block` with cached text K/V."""
 
-    def __init__(self, stack: LTX2Stack, text: TextConditioning, blocks: range | None = None):
-        """Cache the projected prompt's keys/values for `blocks` (default: all)."""
-        check_supported(stack, sigma_text=False)
+    def __init__(self, stack: LTX2Stack, text: TextConditioning, blocks: range | None = None,
+                 temb_prompt: torch.Tensor | None = None):
+        """Cache the projected prompt's keys/values for `blocks` (default: all); a model that modulates the prompt by
+        σ (LTX-2.3) needs that σ's `temb_prompt`, which fixes the σ of every pass (e.g. 0 for the SCD encoder)."""
+        if temb_prompt is None:
+            check_supported(stack, sigma_text=False)
+        self.sigma_fixed = temb_prompt is not None
         self.stack = stack
         self.range = blocks if blocks is not None else range(stack.num_layers)
         self.rope_type = stack.model.transformer_blocks[0].attn1.rope_type
         ctx: TextContext = stack.text(text)
         self.text_bias = ctx.video_bias
-        self.text_kv = {i: block_text_kv(stack.model.transformer_blocks[i], ctx.video, None) for i in self.range}
+        self.text_kv = {i: block_text_kv(stack.model.transformer_blocks[i], ctx.video, temb_prompt)
+                        for i in self.range}
 
     def run(self, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, frame_tokens: int | None = None
             ) -> torch.Tensor:
@@ -338,6 +341,9 @@ class FastStack:
     def full_step(self, x: torch.Tensor, sigma: torch.Tensor, rope: Rope) -> torch.Tensor:
         """The plain model on all tokens: velocity [B,N,C] of x [B,N,C] at σ [B] (the full-attention baseline)."""
         s = self.stack
+        if self.sigma_fixed:
+            raise NotImplementedError("this FastStack's prompt keys/values belong to one σ; full_step needs a model "
+                                      "whose prompt is not modulated by σ")
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
         hidden = self.run(s.model.proj_in(x.to(s.device, s.dtype)), time.temb, rope)
@@ -348,10 +354,10 @@ def fast_encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, i
                 ) -> torch.Tensor:
     """``SCDModel.encode`` with frame-block-causal attention computed by chunks (no [N,N] mask) and no audio stream."""
     s = scd.stack
-    fast = FastStack(s, text, range(scd.split_layer))
     batch = background.shape[0]
     sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
     time = s.time(sigma, sigma)
+    fast = FastStack(s, text, range(scd.split_layer), time.temb_prompt)
     rope = s.rope(s.video_coords(grid, batch, scd.options.fps))
     hidden = s.model.proj_in(background.to(s.device, s.dtype))
     frame_tokens = grid[1] * grid[2] if scd.options.causal else None

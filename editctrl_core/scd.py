@@ -20,7 +20,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
-from .kv_cache import cached_self_attention
+from .kv_cache import OneWayPrefixAttention, PrefixAttention, cached_self_attention
 from .text import TextConditioning
 
 MASK_BIAS = -10000.0
@@ -133,6 +133,11 @@ class LTX2Stack:
             temb_prompt = temb_prompt.view(batch, -1, temb_prompt.shape[-1])
             temb_prompt_audio = temb_prompt_audio.view(batch, -1, temb_prompt_audio.shape[-1])
         return TimeContext(temb, embedded, temb_audio, temb_prompt, temb_prompt_audio)
+
+    @property
+    def prompt_depends_on_sigma(self) -> bool:
+        """LTX-2.3's prompt AdaLN modulates the prompt by σ, so its keys/values change every step (LTX-2.5's do not)."""
+        return bool(self.model.prompt_modulation and self.config.use_prompt_adaln_single)
 
     def audio_stream(self, batch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The one-token silent audio stream and its rotary embedding."""
@@ -431,8 +436,7 @@ class SCDModel:
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
         noisy = s.model.proj_in(x.to(s.device, s.dtype))
-        hidden = torch.cat([plan.prefix, noisy], dim=1)
-        time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
+        one_way = self.options.prefix == "one_way"
         hooks = list(self.decoder_block_hooks)
         if self.local is not None:
             residuals = self._local_residuals(plan, sigma, batch)
@@ -450,11 +454,63 @@ class SCDModel:
                 for hook in hooks:
                     h = hook(index, h)
                 return h
-        around = (lambda index: self._global_branch(plan, index)) if self.global_context is not None else None
-        bias = one_way_prefix_bias(n, batch, s.device, s.dtype) if self.options.prefix == "one_way" else None
-        hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, bias, after,
+        if one_way and s.prompt_depends_on_sigma:
+            return s.head(self._one_way_passes(plan, noisy, time, after), time.embedded)
+        hidden = torch.cat([plan.prefix, noisy], dim=1)
+        time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
+        around = self._around_blocks(plan, OneWayPrefixAttention(n) if one_way else None)
+        hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, plan.text, time, plan.rotary, None, after,
                               around)
         return s.head(hidden[:, n:], time.embedded)
+
+    def _around_blocks(self, plan: DecodePlan, processor: object | None
+                       ) -> Callable[[int], AbstractContextManager] | None:
+        """Per-block-call context: the global-context branch and/or a self-attention processor, entered again when
+        gradient checkpointing recomputes the block in the backward pass (after decode returned)."""
+        if processor is None and self.global_context is None:
+            return None
+
+        @contextmanager
+        def enter(index: int) -> Iterator[None]:
+            attn = self.stack.model.transformer_blocks[index].attn1
+            original = attn.processor
+            if processor is not None:
+                attn.set_processor(processor)
+            try:
+                with self._global_branch(plan, index) if self.global_context is not None else nullcontext():
+                    yield
+            finally:
+                attn.set_processor(original)
+        return enter
+
+    def _one_way_passes(self, plan: DecodePlan, noisy: torch.Tensor, time: TimeContext,
+                        after: BlockHook | None) -> torch.Tensor:
+        """The decoder blocks under the one-way prefix for a model whose prompt AdaLN depends on σ (LTX-2.3): the
+        prefix alone at its own σ=0, prompt modulation included (its self-attention keys/values kept per block), then
+        the noisy tokens attending to [prefix; own]. Modulating the prefix's prompt at σ=0 is what makes it cacheable
+        across steps. Each block runs twice per call, which FSDP-sharded blocks do not support."""
+        s, n = self.stack, noisy.shape[1]
+        batch = noisy.shape[0]
+        zero = torch.zeros(batch, device=s.device)
+        prefix_time = s.time(zero, zero)
+        rotary = s.rope(plan.coords)
+        prefix_text, noisy_text = plan.text, plan.text
+        bias = plan.text.video_bias
+        if bias is not None and bias.shape[1] == 2 * n:
+            prefix_text = replace(plan.text, video_bias=bias[:, :n])
+            noisy_text = replace(plan.text, video_bias=bias[:, n:])
+        caches = {i: PrefixAttention() for i in range(self.split_layer, s.num_layers)}
+
+        def around(mode: str) -> Callable[[int], AbstractContextManager]:
+            def enter(index: int) -> AbstractContextManager:
+                caches[index].mode = mode  # set again when checkpointing recomputes the block
+                return self._around_blocks(plan, caches[index])(index)
+            return enter
+
+        s.run_blocks(plan.prefix, self.split_layer, s.num_layers, prefix_text, prefix_time, rotary, None, None,
+                     around("record"))
+        return s.run_blocks(noisy, self.split_layer, s.num_layers, noisy_text, time, rotary, None, after,
+                            around("prepend"))
 
     def forward_split(self, x: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int, int],
                       text: TextConditioning) -> torch.Tensor:

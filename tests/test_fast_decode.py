@@ -167,11 +167,8 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
-    """Gated attention + prompt AdaLN (σ-modulated prompt on 2.3, static on 2.5): the cached path equals
-    SCDModel.decode through diffusers' own blocks, with both adapters attached."""
+def _layout_model(layout: str, prefix: str) -> tuple[SCDModel, TextConditioning, TextConditioning, torch.Generator]:
+    """A tiny model with an LTX-2.3/2.5 block layout, both adapters attached, and its prompts (positive, CFG pair)."""
     from diffusers import LTX2VideoTransformer3DModel
 
     torch.manual_seed(11)
@@ -183,7 +180,6 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
     scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
     local, glob = _adapters()
     scd.attach(local, glob)
-    assert scd.stack.model.transformer_blocks[0].video_cross_attn_adaln
     enc = TinyTextEncoder(PRESET)
     gen = torch.Generator().manual_seed(4)
     audio_width = PRESET.transformer["audio_cross_attention_dim"]
@@ -194,7 +190,16 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
         return cond
 
     positive = with_audio(enc.encode(["a red boat on a lake"]))
-    text = concat_conditionings([positive, with_audio(enc.encode([""]))])
+    return scd, positive, concat_conditionings([positive, with_audio(enc.encode([""]))]), gen
+
+
+@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
+    """Gated attention + prompt AdaLN (σ-modulated prompt on 2.3, static on 2.5): the cached path equals
+    SCDModel.decode through diffusers' own blocks, with both adapters attached."""
+    scd, positive, text, gen = _layout_model(layout, prefix)
+    assert scd.stack.model.transformer_blocks[0].video_cross_attn_adaln
     background = torch.randn(1, CH, *GRID, generator=gen)
     mask = torch.zeros(GRID, dtype=torch.bool)
     mask[:, 1:3, 2:5] = True
@@ -202,6 +207,8 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
     x = torch.randn(2, index.numel(), CH, generator=gen)
     with torch.no_grad():
         context = scd.encode(to_tokens(background), GRID, positive)
+        torch.testing.assert_close(fast_encode(scd, to_tokens(background), GRID, positive), context, atol=3e-5,
+                                   rtol=1e-5)
         plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
         fast = FastDecoder(scd, plan)
         assert fast.sigma_text == (layout == "ltx-2.3")
@@ -232,3 +239,53 @@ def test_per_token_prompt_masks_of_several_regions(setup, prefix):
         torch.testing.assert_close(FastDecoder(scd, plan)(x, sigma), ref, atol=2e-5, rtol=1e-5)
         unmasked = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
         assert not torch.allclose(scd.decode(unmasked, x, sigma), ref, atol=1e-4)  # the masks really matter
+
+
+def test_two_pass_one_way_decode_equals_the_masked_single_pass(setup):
+    """SCDModel.decode runs the one-way prefix as two passes (prefix, then noisy tokens against its kept keys/values):
+    the same numbers as one pass over [prefix; noisy] under the additive one-way mask through diffusers' blocks."""
+    model = setup[0].transformer
+    _, _, text, background, x, positive = setup
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer))
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[:, 1:4, 0:3] = True
+    index = mask.flatten().nonzero().squeeze(1)
+    x = torch.randn(2, index.numel(), CH, generator=torch.Generator().manual_seed(9))
+    sigma = torch.tensor([0.4, 0.4])
+    with torch.no_grad():
+        plan = scd.plan(index, scd.encode(to_tokens(background), GRID, positive), GRID, text)
+        s, n = scd.stack, index.numel()
+        time = s.time(sigma, sigma)
+        hidden = torch.cat([plan.prefix, s.model.proj_in(x)], dim=1)
+        time.temb = torch.cat([plan.prefix_time, time.temb.expand(-1, n, -1)], dim=1)
+        masked = s.run_blocks(hidden, scd.split_layer, s.num_layers, plan.text, time, plan.rotary,
+                              one_way_prefix_bias(n, 2, x.device, torch.float32))
+        ref = s.head(masked[:, n:], time.embedded)
+        torch.testing.assert_close(scd.decode(plan, x, sigma), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_ltx23_two_pass_decoder_trains_under_gradient_checkpointing():
+    """On LTX-2.3 the one-way decoder runs each block twice (prefix at σ=0, then the noisy tokens): checkpointed
+    recomputation in the backward pass must reproduce both passes, so adapter gradients match the plain run."""
+    scd, positive, _, gen = _layout_model("ltx-2.3", "one_way")
+    model, glob = scd.transformer, scd.global_context
+    background = torch.randn(1, CH, *GRID, generator=gen)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[:, 1:3, 2:5] = True
+    index = mask.flatten().nonzero().squeeze(1)
+    x = torch.randn(1, index.numel(), CH, generator=gen)
+    with torch.no_grad():
+        context = scd.encode(to_tokens(background), GRID, positive)
+    grads = []
+    for checkpointing in (False, True):
+        model.gradient_checkpointing = checkpointing
+        glob.zero_grad()
+        plan = scd.plan(index, context, GRID, positive, background=background, edit_mask=mask)
+        try:
+            scd.decode(plan, x, torch.tensor([0.6])).pow(2).mean().backward()
+        finally:
+            model.gradient_checkpointing = False
+        grads.append([p.grad.clone() for p in glob.parameters() if p.grad is not None])
+    assert grads[0] and any(float(g.abs().max()) > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -85,6 +85,11 @@ def wrap_fsdp(module: nn.Module, mixed_precision: str = "no") -> list[nn.Module]
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    scd = getattr(module, "scd", None)
+    if scd is not None and scd.options.prefix == "one_way" and scd.stack.prompt_depends_on_sigma:
+        raise ConfigError("train.distributed: fsdp cannot train this model's one-way SCD decoder: its prompt AdaLN "
+                          "depends on σ (LTX-2.3), so every decoder block runs twice per step (prefix at σ=0, then "
+                          "the noisy tokens), which FSDP-sharded blocks do not support; use train.distributed: ddp")
     blocks = transformer_blocks(module)
     if all(isinstance(b, FSDPModule) for b in blocks):
         for i, block in enumerate(blocks):

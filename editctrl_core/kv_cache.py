@@ -87,7 +87,7 @@ def cached_self_attention(blocks: list[torch.nn.Module]) -> Iterator[list[Cached
             block.attn1.set_processor(original)
 
 
-class PrefixAttention:
+class PrefixAttention(CachedSelfAttention):
     """Attention processor for a decoder block's `attn1` under the one-way SCD prefix.
 
     ``mode = "record"``: attend to the call's own tokens (the prefix) and keep their keys/values (the first time
@@ -96,10 +96,7 @@ class PrefixAttention:
     a mask that hides the noisy tokens from the prefix, with flash attention and no [2n,2n] mask.
     """
 
-    def __init__(self) -> None:
-        self.mode = "record"
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+    mode = "record"
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from checkpoint_support import assert_checkpointing_keeps_gradients
 
 from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
 from editctrl_core.context import EditContext
@@ -96,17 +97,5 @@ def test_global_branch_survives_gradient_checkpointing(setup):
     with torch.no_grad():
         context = scd.encode(ctx.background_latents.flatten(2).transpose(1, 2), ctx.grid.shape, pos)
     x = torch.randn(1, index.numel(), CH, generator=torch.Generator().manual_seed(2))
-    grads = []
-    for checkpointing in (False, True):
-        model.gradient_checkpointing = checkpointing
-        glob.zero_grad()
-        plan = scd.plan(index, context, ctx.grid.shape, pos, background=ctx.background_latents,
-                        edit_mask=ctx.token_mask)
-        try:
-            scd.decode(plan, x, torch.tensor([0.6])).pow(2).mean().backward()
-        finally:
-            model.gradient_checkpointing = False
-        grads.append([p.grad.clone() for p in glob.parameters() if p.grad is not None])
-    assert grads[0] and any(float(g.abs().max()) > 0 for g in grads[0])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert_checkpointing_keeps_gradients(scd, index, context, ctx.grid.shape, pos, ctx.background_latents,
+                                         ctx.token_mask, x)

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from checkpoint_support import assert_checkpointing_keeps_gradients
 
 from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
 from editctrl_core.context import to_tokens
@@ -193,6 +194,14 @@ def _layout_model(layout: str, prefix: str) -> tuple[SCDModel, TextConditioning,
     return scd, positive, concat_conditionings([positive, with_audio(enc.encode([""]))]), gen
 
 
+def _layout_edit(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Background latents, an edit mask and its token indices for the layout tests."""
+    background = torch.randn(1, CH, *GRID, generator=gen)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[:, 1:3, 2:5] = True
+    return background, mask, mask.flatten().nonzero().squeeze(1)
+
+
 @pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
@@ -200,10 +209,7 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
     SCDModel.decode through diffusers' own blocks, with both adapters attached."""
     scd, positive, text, gen = _layout_model(layout, prefix)
     assert scd.stack.model.transformer_blocks[0].video_cross_attn_adaln
-    background = torch.randn(1, CH, *GRID, generator=gen)
-    mask = torch.zeros(GRID, dtype=torch.bool)
-    mask[:, 1:3, 2:5] = True
-    index = mask.flatten().nonzero().squeeze(1)
+    background, mask, index = _layout_edit(gen)
     x = torch.randn(2, index.numel(), CH, generator=gen)
     with torch.no_grad():
         context = scd.encode(to_tokens(background), GRID, positive)
@@ -268,24 +274,8 @@ def test_ltx23_two_pass_decoder_trains_under_gradient_checkpointing():
     """On LTX-2.3 the one-way decoder runs each block twice (prefix at σ=0, then the noisy tokens): checkpointed
     recomputation in the backward pass must reproduce both passes, so adapter gradients match the plain run."""
     scd, positive, _, gen = _layout_model("ltx-2.3", "one_way")
-    model, glob = scd.transformer, scd.global_context
-    background = torch.randn(1, CH, *GRID, generator=gen)
-    mask = torch.zeros(GRID, dtype=torch.bool)
-    mask[:, 1:3, 2:5] = True
-    index = mask.flatten().nonzero().squeeze(1)
+    background, mask, index = _layout_edit(gen)
     x = torch.randn(1, index.numel(), CH, generator=gen)
     with torch.no_grad():
         context = scd.encode(to_tokens(background), GRID, positive)
-    grads = []
-    for checkpointing in (False, True):
-        model.gradient_checkpointing = checkpointing
-        glob.zero_grad()
-        plan = scd.plan(index, context, GRID, positive, background=background, edit_mask=mask)
-        try:
-            scd.decode(plan, x, torch.tensor([0.6])).pow(2).mean().backward()
-        finally:
-            model.gradient_checkpointing = False
-        grads.append([p.grad.clone() for p in glob.parameters() if p.grad is not None])
-    assert grads[0] and any(float(g.abs().max()) > 0 for g in grads[0])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert_checkpointing_keeps_gradients(scd, index, context, GRID, positive, background, mask, x)

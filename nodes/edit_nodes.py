@@ -123,8 +123,12 @@ class EditCtrlSampler(io.ComfyNode):
             raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
                              f"takes {channels}; encode with this model's VAE")
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
-                                   blend=blend or BlendSettings(), window_frames=window_frames, compile=compile)
-        if compile:
+                                   blend=blend or BlendSettings(), window_frames=window_frames,
+                                   compile=compile and model.device.type == "cuda")
+        if compile and not settings.compile:
+            log.warning("EditCtrl: 'compile' applies on a CUDA GPU; the model is on %s, so it runs uncompiled",
+                        model.device)
+        elif compile:
             log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
         for number, region in enumerate(regions or [], start=1):
             if tuple(region.mask.shape) != tuple(edit_context.mask.shape):

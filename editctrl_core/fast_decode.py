@@ -52,6 +52,18 @@ def _apply_rope(x: torch.Tensor, rope: Rope, rope_type: str) -> torch.Tensor:
     return apply_interleaved_rotary_emb(x, rope)
 
 
+def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's affine-free RMSNorm as one fused kernel (diffusers' runs five, through float32 copies)."""
+    if getattr(norm, "weight", None) is None:
+        return F.rms_norm(x, (x.shape[-1],), eps=norm.eps)
+    return norm(x)
+
+
+def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """AdaLN modulation normed·(1 + scale) + shift in one kernel."""
+    return torch.addcmul(shift, normed, 1 + scale)
+
+
 def check_supported(stack: LTX2Stack, sigma_text: bool = True) -> None:
     """Raise NotImplementedError for what a fast path does not reproduce exactly (``sigma_text``: whether it can
     recompute σ-dependent prompt keys/values every step)."""
@@ -66,6 +78,22 @@ class BlockKV:
 
     k: torch.Tensor
     v: torch.Tensor
+
+
+@dataclass
+class PrefixBuffer(BlockKV):
+    """[B,H,P+n,D] key/value buffers whose first P positions hold a cached prefix; each step writes its own n keys
+    and values behind it in place instead of concatenating (half the copying)."""
+
+    prefix_len: int = 0
+
+    @classmethod
+    def around(cls, prefix: BlockKV, n: int) -> PrefixBuffer:
+        """Buffers for `prefix` followed by n more tokens."""
+        b, h, p, d = prefix.k.shape
+        k, v = prefix.k.new_empty(b, h, p + n, d), prefix.v.new_empty(b, h, p + n, d)
+        k[:, :, :p], v[:, :, :p] = prefix.k, prefix.v
+        return cls(k, v, p)
 
 
 def text_kv(attn: torch.nn.Module, context: torch.Tensor) -> BlockKV:
@@ -121,24 +149,28 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     mods = (table[None, None].to(temb.device) + temb.reshape(batch, temb.shape[1], table.shape[0], -1)).unbind(2)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
     attn = block.attn1
-    normed = block.norm1(hidden) * (1 + scale_msa) + shift_msa
+    normed = _modulate(_norm(block.norm1, hidden), scale_msa, shift_msa)
     q = _heads(_apply_rope(attn.norm_q(attn.to_q(normed)), rope, rope_type), attn.heads)
     k = _heads(_apply_rope(attn.norm_k(attn.to_k(normed)), rope, rope_type), attn.heads)
     v = _heads(attn.to_v(normed), attn.heads)
     own = BlockKV(k, v) if keep_kv else None
-    if prefix is not None:
+    if isinstance(prefix, PrefixBuffer):
+        prefix.k[:, :, prefix.prefix_len:].copy_(k)
+        prefix.v[:, :, prefix.prefix_len:].copy_(v)
+        k, v = prefix.k, prefix.v
+    elif prefix is not None:
         k, v = torch.cat([prefix.k, k], dim=2), torch.cat([prefix.v, v], dim=2)
     if frame_tokens is not None:
         out = frame_causal_attention(q, k, v, frame_tokens)
     else:
         mask = None if self_bias is None else self_bias.unsqueeze(1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    hidden = hidden + _attention_out(attn, out, normed) * gate_msa
+    hidden = torch.addcmul(hidden, _attention_out(attn, out, normed), gate_msa)
     attn = block.attn2
-    normed = block.norm2(hidden)
+    normed = _norm(block.norm2, hidden)
     if block.video_cross_attn_adaln:
         shift_q, scale_q, gate_q = mods[6:9]
-        normed = normed * (1 + scale_q) + shift_q
+        normed = _modulate(normed, scale_q, shift_q)
     q = _heads(attn.norm_q(attn.to_q(normed)), attn.heads)
     mask = None if text_bias is None else text_bias.unsqueeze(1)
     out = _attention_out(attn, F.scaled_dot_product_attention(q, text.k, text.v, attn_mask=mask), normed)
@@ -148,8 +180,8 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     if block.video_cross_attn_adaln:
         out = out * gate_q
     hidden = hidden + out
-    normed = block.norm3(hidden) * (1 + scale_mlp) + shift_mlp
-    return hidden + block.ff(normed) * gate_mlp, own
+    normed = _modulate(_norm(block.norm3, hidden), scale_mlp, shift_mlp)
+    return torch.addcmul(hidden, block.ff(normed), gate_mlp), own
 
 
 class FastLocal:
@@ -251,7 +283,7 @@ class FastDecoder:
                 zero = torch.zeros(batch, device=s.device)
                 temb_prompt = s.time(zero, zero).temb_prompt
                 prefix_text = [block_text_kv(b, text.video, temb_prompt) for b in self.blocks]
-            self.prefix_kv = self._prefix_pass(prefix_text)
+            self.prefix_kv = [PrefixBuffer.around(kv, self.n) for kv in self._prefix_pass(prefix_text)]
 
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""

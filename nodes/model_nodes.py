@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.models import list_presets, load_models, load_preset
-from ..editctrl_core.scd import SCDModel, SCDOptions, default_split_layer
+from ..editctrl_core.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
 from ..editctrl_core.text import TinyTextEncoder
 from . import vram
 from .common import (
@@ -58,13 +58,18 @@ class EditCtrlModelLoader(io.ComfyNode):
                                optional=True,
                                tooltip="A separate VAE file from models/vae (for split transformer files such as "
                                        "LTX-2.5's); by default the VAE inside the checkpoint or folder is used."),
+                io.Combo.Input("scd_prefix", options=list(PREFIX_MODES), default="one_way", optional=True,
+                               tooltip="How the decoder sees the encoder context. one_way: the context never attends "
+                                       "to the edited tokens, so it is cached once per edit (fast; what our trainer "
+                                       "uses). bidirectional: the SCD paper's token concat. A LoRA that names its "
+                                       "mode in its metadata switches to it."),
             ],
             outputs=[EditModelType.Output(display_name="model"), EditVAE.Output(display_name="vae")],
         )
 
     @classmethod
     def execute(cls, preset: str, weights: str, dtype: str, device: str, split_layer: int,
-                vae_weights: str = FROM_CHECKPOINT) -> io.NodeOutput:
+                vae_weights: str = FROM_CHECKPOINT, scd_prefix: str = "one_way") -> io.NodeOutput:
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         path = resolve_model_source(weights)
@@ -84,7 +89,7 @@ class EditCtrlModelLoader(io.ComfyNode):
             raise ValueError(f"split_layer must be between 1 and {layers - 1} for this {layers}-block model; got {k}")
         vram.patcher_for(loaded.transformer, f"LTX-2 {loaded.preset.name} transformer", load_device=dev)
         vram.patcher_for(loaded.vae, f"LTX-2 {loaded.preset.name} VAE", load_device=dev)
-        scd = SCDModel(loaded.transformer, SCDOptions(split_layer=k))
+        scd = SCDModel(loaded.transformer, SCDOptions(split_layer=k, prefix=scd_prefix))
         model = EditModel(scd, loaded.preset, loaded.source)
         log.info("EditCtrl: loaded %s", model.describe())
         return io.NodeOutput(model, loaded.vae)

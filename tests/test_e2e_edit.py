@@ -59,6 +59,26 @@ def test_object_info_lists_every_node(comfy_server: ComfyServer) -> None:
         sampler["required"])
     assert "negative" in sampler["optional"]
     assert "(preset weights)" in info["EditCtrlModelLoader"]["input"]["required"]["weights"][1]["options"]
+    prefix = info["EditCtrlModelLoader"]["input"]["optional"]["scd_prefix"]
+    assert prefix[1]["options"] == ["one_way", "bidirectional"] and prefix[1]["default"] == "one_way"
+
+
+def test_loader_prefix_mode_changes_the_edit_inside_the_mask_only(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    """The loader's scd_prefix switches the decoder: a different edit inside the mask, the source outside."""
+    frames = {}
+    for mode in ("one_way", "bidirectional"):
+        wf = _workflow()
+        wf["3"]["inputs"]["scd_prefix"] = mode
+        wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": f"e2e/{mode}"}}
+        result = comfy_server.run(wf, timeout=600)
+        frames[mode] = _png_frames(comfy_server, result.history, "17")
+    rect = _workflow()["7"]["inputs"] if _workflow()["7"]["class_type"] == "EditCtrlRectMask" else None
+    assert rect is not None, "the demo workflow's mask node moved; update this test"
+    mask = torch.zeros(25, 128, 192)
+    mask[:, rect["y"]:rect["y"] + rect["height"], rect["x"]:rect["x"] + rect["width"]] = 1
+    outside = (feather_mask(mask, _workflow()["11"]["inputs"]["feather_px"]) == 0).numpy()
+    assert np.array_equal(frames["one_way"][outside], frames["bidirectional"][outside])
+    assert not np.array_equal(frames["one_way"], frames["bidirectional"])
 
 
 def test_demo_workflow_edits_only_the_masked_region(comfy_server: ComfyServer, demo_clip: Path) -> None:

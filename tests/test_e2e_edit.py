@@ -42,6 +42,26 @@ def _workflow(**changes: dict) -> dict:
     return wf
 
 
+def _demo_mask() -> torch.Tensor:
+    """The pixel mask [25,128,192] of the workflows' rectangle (x 40, y 32, 96×88) on the demo clip."""
+    mask = torch.zeros(25, 128, 192)
+    mask[:, 32:32 + 88, 40:40 + 96] = 1
+    return mask
+
+
+def _outside(wf: dict) -> np.ndarray:
+    """Pixels beyond the workflow's composite feather (node 11), where the output must be the source."""
+    return (feather_mask(_demo_mask(), wf["11"]["inputs"]["feather_px"]) == 0).numpy()
+
+
+def _assert_source_outside(frames: np.ndarray, wf: dict, demo_clip: Path) -> None:
+    """Edited frames equal the source clip bit-exactly beyond the feather."""
+    source, _ = read_video(demo_clip)
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    outside = _outside(wf)
+    assert np.array_equal(frames[outside], expected[outside]), "pixels outside the feathered mask must be the input"
+
+
 def _png_frames(server: ComfyServer, history: dict, node: str) -> np.ndarray:
     images = history["outputs"][node]["images"]
     frames = [np.array(Image.open(io.BytesIO(server.view(i["filename"], i["subfolder"], i["type"]))).convert("RGB"))
@@ -72,11 +92,7 @@ def test_loader_prefix_mode_changes_the_edit_inside_the_mask_only(comfy_server: 
         wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": f"e2e/{mode}"}}
         result = comfy_server.run(wf, timeout=600)
         frames[mode] = _png_frames(comfy_server, result.history, "17")
-    rect = _workflow()["7"]["inputs"] if _workflow()["7"]["class_type"] == "EditCtrlRectMask" else None
-    assert rect is not None, "the demo workflow's mask node moved; update this test"
-    mask = torch.zeros(25, 128, 192)
-    mask[:, rect["y"]:rect["y"] + rect["height"], rect["x"]:rect["x"] + rect["width"]] = 1
-    outside = (feather_mask(mask, _workflow()["11"]["inputs"]["feather_px"]) == 0).numpy()
+    outside = _outside(_workflow())
     assert np.array_equal(frames["one_way"][outside], frames["bidirectional"][outside])
     assert not np.array_equal(frames["one_way"], frames["bidirectional"])
 
@@ -107,14 +123,10 @@ def test_demo_workflow_edits_only_the_masked_region(comfy_server: ComfyServer, d
 
     frames = _png_frames(comfy_server, history, "17")
     assert frames.shape == (25, 128, 192, 3)
+    _assert_source_outside(frames, wf, demo_clip)
     source, _ = read_video(demo_clip)
-    mask = torch.zeros(25, 128, 192)
-    mask[:, 32:32 + 88, 40:40 + 96] = 1
-    alpha = feather_mask(mask, wf["11"]["inputs"]["feather_px"])
-    outside = (alpha == 0).numpy()
     expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
-    assert np.array_equal(frames[outside], expected[outside]), "pixels outside the feathered mask must be the input"
-    inside = (mask > 0).numpy()
+    inside = (_demo_mask() > 0).numpy()
     assert np.abs(frames[inside].astype(int) - expected[inside].astype(int)).mean() > 1.0
 
 
@@ -200,12 +212,7 @@ def test_multiregion_windowed_workflow(comfy_server: ComfyServer, demo_clip: Pat
     assert windows >= 2 and progress[-1]["value"] == progress[-1]["max"]
     history = comfy_server.history(pid)
     frames = _png_frames(comfy_server, history, "30")
-    source, _ = read_video(demo_clip)
-    mask = torch.zeros(25, 128, 192)
-    mask[:, 32:32 + 88, 40:40 + 96] = 1
-    outside = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
-    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
-    assert np.array_equal(frames[outside], expected[outside])
+    _assert_source_outside(frames, wf, demo_clip)
 
 
 def test_region_mask_of_another_size_is_refused(comfy_server: ComfyServer, demo_clip: Path) -> None:
@@ -272,12 +279,7 @@ def test_demo_with_shipped_trained_weights(comfy_server: ComfyServer, demo_clip:
     result = comfy_server.run(wf, timeout=600, check=False)
     assert result.error is None, result.error
     frames = _png_frames(comfy_server, result.history, "30")
-    source, _ = read_video(demo_clip)
-    mask = torch.zeros(25, 128, 192)
-    mask[:, 32:32 + 88, 40:40 + 96] = 1
-    outside = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
-    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
-    assert np.array_equal(frames[outside], expected[outside])
+    _assert_source_outside(frames, wf, demo_clip)
 
 
 def test_edit_box_decode_keeps_source_outside_the_box(comfy_server: ComfyServer, demo_clip: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks import check_finite_tensor, check_finite_value
 from .geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, check_frames, check_size
 
 BLEND_MODES = ("renoised", "distance", "pixel")
@@ -339,7 +340,14 @@ def composite(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, fe
     box around the mask (grown by the feather) is computed, the rest is a copy of the source.
     """
     if edited.shape != source.shape or edited.ndim != 4:
-        raise ValueError(f"edited and source must both be [F,H,W,C]; got {tuple(edited.shape)} and {tuple(source.shape)}")
+        raise ValueError(f"edited frames {tuple(edited.shape)} and source frames {tuple(source.shape)} differ; both "
+                         "must be [F,H,W,C] of one clip (connect the images output of EditCtrl Encode as source)")
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    check_finite_value("feather_px", feather_px)
+    check_finite_tensor("edited frames", edited)
+    check_finite_tensor("source frames", source)
+    check_finite_tensor("mask", mask)
     if mask.ndim != 3 or mask.shape[-2:] != source.shape[1:3] or mask.shape[0] not in (1, source.shape[0]):
         raise ValueError(f"mask must be [F,H,W] or [1,H,W] matching the frames {tuple(source.shape[:3])}; "
                          f"got {tuple(mask.shape)}")
@@ -371,6 +379,10 @@ class BlendSettings:
 
     def __post_init__(self) -> None:
         """Validate the mode and distances."""
+        for name in ("falloff_px", "hard_fraction", "sharpness", "feather_px"):
+            check_finite_value(name, getattr(self, name))
+        if self.ramp_fraction is not None:
+            check_finite_value("ramp_fraction", self.ramp_fraction)
         if self.mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}; got {self.mode!r}")
         if self.falloff_px < 0 or self.feather_px < 0 or self.falloff_tokens < 0:

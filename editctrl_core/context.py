@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKLLTX2Video
 
-from .geometry import GeometryError, LatentGrid, grid_for, snap_shape
+from .checks import check_finite_tensor
+from .geometry import GeometryError, LatentGrid, Padding, check_geometry, grid_for
 from .masks import pixel_mask_to_token_mask
 from .vae import encode_frames
 
 BACKGROUND_FILL = 0.5
+GEOMETRY_MODES = ("pad", "strict")
 _FILL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -26,7 +28,20 @@ class EditContext:
     background_latents: torch.Tensor
     token_mask: torch.Tensor
     grid: LatentGrid
-    snap_note: str = ""
+    padding: Padding | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What the user should know about this context: the padding applied, an empty mask."""
+        notes = [self.padding.describe()] if self.padding is not None else []
+        if not bool(self.token_mask.any()):
+            notes.append("the mask is empty (no pixel >= 0.5), so the sampler will return the source unchanged; "
+                         "draw or select the region to edit")
+        return [n for n in notes if n]
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames on the model's grid [F',H',W',3] → the clip's own frames and size."""
+        return frames if self.padding is None else self.padding.crop(frames)
 
     @property
     def mask_fraction(self) -> float:
@@ -46,8 +61,13 @@ def from_tokens(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tenso
     return tokens.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3)
 
 
-def conform(frames: torch.Tensor, mask: torch.Tensor, snap: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Check frames [F,H,W,3] and mask [F,H,W] agree; trim/centre-crop to a valid LTX-2 shape if `snap`."""
+def conform(frames: torch.Tensor, mask: torch.Tensor, geometry: str = "pad"
+            ) -> tuple[torch.Tensor, torch.Tensor, Padding]:
+    """Check frames [F,H,W,3] and mask [F,H,W] (finite, same shape, mask in 0..1) and put them on LTX-2's grid:
+    `pad` pads (edges and the last frame replicated; `Padding` crops back), `strict` refuses any other shape with
+    every problem named at once."""
+    if geometry not in GEOMETRY_MODES:
+        raise GeometryError(f"geometry must be one of {', '.join(GEOMETRY_MODES)}; got {geometry!r}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise GeometryError(f"frames must be an IMAGE batch [frames, height, width, 3]; got {tuple(frames.shape)}")
     if mask.ndim == 2:
@@ -61,17 +81,14 @@ def conform(frames: torch.Tensor, mask: torch.Tensor, snap: bool) -> tuple[torch
             f"mask {tuple(mask.shape)} does not match the video {tuple(frames.shape[:3])} (frames, height, width); "
             "resize the mask to the video or give one mask per frame"
         )
+    check_finite_tensor("frames", frames, "the source video has NaN/Inf pixels; fix or re-decode the clip")
+    check_finite_tensor("mask", mask, "the mask has NaN/Inf values; rebuild it (values 0..1)")
     f, h, w = frames.shape[:3]
-    if not snap:
-        grid_for(f, h, w)
-        return frames, mask, ""
-    nf, nh, nw = snap_shape(f, h, w)
-    if (nf, nh, nw) == (f, h, w):
-        return frames, mask, ""
-    top, left = (h - nh) // 2, (w - nw) // 2
-    note = (f"snapped {f} frames at {h}x{w} to {nf} frames at {nh}x{nw} "
-            f"(kept the first {nf} frames, centre crop at top={top}, left={left})")
-    return (frames[:nf, top:top + nh, left:left + nw], mask[:nf, top:top + nh, left:left + nw], note)
+    if geometry == "strict":
+        check_geometry(f, h, w)
+        return frames, mask, Padding.for_shape(f, h, w)
+    padding = Padding.for_shape(f, h, w)
+    return padding.pad(frames), padding.pad(mask), padding
 
 
 def fill_latents(vae: AutoencoderKLLTX2Video, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -89,10 +106,11 @@ def blank_background(source: torch.Tensor, token_mask: torch.Tensor, fill: torch
 
 
 def prepare_edit(vae: AutoencoderKLLTX2Video, frames: torch.Tensor, mask: torch.Tensor,
-                 snap: bool = False) -> EditContext:
+                 geometry: str = "pad") -> EditContext:
     """VAE-encode the source clip once, map the mask to tokens and blank those tokens to the grey-clip latents
-    (the background the SCD encoder and the adapters see, exactly as in training)."""
-    frames, mask, note = conform(frames.float(), mask.float(), snap)
+    (the background the SCD encoder and the adapters see, exactly as in training). Any clip shape goes in; it is
+    padded to LTX-2's grid and `EditContext.crop` takes the result back to it."""
+    frames, mask, padding = conform(frames.float(), mask.float(), geometry)
     grid = grid_for(frames.shape[0], frames.shape[1], frames.shape[2])
     source = encode_frames(vae, frames).cpu()
     token_mask = pixel_mask_to_token_mask(mask)
@@ -100,4 +118,4 @@ def prepare_edit(vae: AutoencoderKLLTX2Video, frames: torch.Tensor, mask: torch.
         background = blank_background(source, token_mask, fill_latents(vae, tuple(frames.shape[:3])))
     else:
         background = source.clone()
-    return EditContext(frames, mask, source, background, token_mask, grid, note)
+    return EditContext(frames, mask, source, background, token_mask, grid, padding)

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from .blend import BlendSettings, BoundaryBlender
+from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
 from .fast_decode import FastDecoder, GraphedStep
+from .geometry import Padding
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
 from .scd import SCDModel
 from .text import TextConditioning, concat_conditionings
@@ -40,7 +42,9 @@ class SamplerSettings:
     compile: bool | str = False
 
     def validate(self) -> None:
-        """Raise with a clear message for out-of-range options."""
+        """Raise with a clear message for out-of-range or non-finite options."""
+        for name in ("cfg", "shift", "strength"):
+            check_finite_value(name, getattr(self, name))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1; got {self.steps}")
         if not 0.0 < self.strength <= 1.0:
@@ -66,6 +70,11 @@ class EditResult:
     decoder_calls: int
     encoder_calls: int
     source_frames: torch.Tensor | None = None
+    padding: Padding | None = None
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decoded frames on the model's grid → the clip's own frame count and size."""
+        return frames if self.padding is None else self.padding.crop(frames)
 
 
 def flow_sigmas(steps: int, shift: float = 1.0, strength: float = 1.0) -> torch.Tensor:
@@ -154,6 +163,42 @@ def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: to
     return lambda x, sigma: scd.decode(plan, x, sigma)
 
 
+def check_inputs_finite(ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
+                        regions: list[Region] | None) -> None:
+    """Refuse NaN/Inf in the edit context's latents and in every conditioning before any model runs."""
+    hint = "re-encode the clip with EditCtrl Encode"
+    check_finite_tensor("edit context source latents", ctx.source_latents, hint)
+    check_finite_tensor("edit context background latents", ctx.background_latents, hint)
+    named = [("positive", positive), ("negative", negative)]
+    named += [(f"region {i} prompt", r.prompt) for i, r in enumerate(regions or [], start=1)]
+    for name, cond in named:
+        if cond is not None:
+            advice = "re-encode the prompt; the text encoder or a node after it produced NaN/Inf"
+            check_finite_tensor(f"{name} conditioning", cond.embeds, advice)
+            check_finite_tensor(f"{name} audio conditioning", cond.audio_embeds, advice)
+
+
+def region_on_grid(ctx: EditContext, region: Region, number: int) -> torch.Tensor:
+    """A region's pixel mask [F,H,W] (or one frame for all) checked against the clip and padded like it."""
+    mask = region.mask if region.mask.ndim == 3 else region.mask.unsqueeze(0)
+    shape = tuple(ctx.crop(ctx.mask).shape)
+    if mask.shape[0] == 1:
+        mask = mask.expand(shape[0], -1, -1)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"region {number} mask {tuple(region.mask.shape)} does not match the edit context {shape}; "
+                         "make region masks from the same frames")
+    check_finite_tensor(f"region {number} mask", mask)
+    return mask if ctx.padding is None else ctx.padding.pad(mask)
+
+
+def check_finite_step(x: torch.Tensor, step: int, steps: int) -> None:
+    """Stop the edit at the first step whose latents went NaN/Inf (never return a black edit)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"the edit latents became NaN/Inf at step {step + 1} of {steps}; the model's velocity "
+                             "overflowed. Try float32 or bfloat16 instead of float16, a lower cfg, or check the "
+                             "weights (a LoRA at a very high strength can do this)")
+
+
 @torch.no_grad()
 def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
                 settings: SamplerSettings, callback: StepCallback | None = None,
@@ -165,13 +210,15 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     window's tokens are denoised in turn.
     """
     settings.validate()
+    check_inputs_finite(ctx, positive, negative, regions)
     grid = ctx.grid.shape
     blender = BoundaryBlender(ctx.mask, settings.blend) if settings.blend is not None else None
     min_dilation = blender.required_dilation if blender else 0
     dilated, index = edit_token_index(ctx.token_mask, settings, min_dilation)
     region_masks = []
-    for region in regions or []:
-        region_dilated, _ = edit_token_index(pixel_mask_to_token_mask(region.mask), settings, min_dilation)
+    for number, region in enumerate(regions or [], start=1):
+        region_mask = region_on_grid(ctx, region, number)
+        region_dilated, _ = edit_token_index(pixel_mask_to_token_mask(region_mask), settings, min_dilation)
         region_masks.append((region_dilated, region.prompt))
         dilated = dilated | region_dilated
     index = dilated.flatten().nonzero().squeeze(1)
@@ -179,7 +226,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
     if index.numel() == 0:
-        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames)
+        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames, ctx.padding)
     use_cfg = negative is not None and settings.cfg != 1.0
     keep = None
     if region_masks:
@@ -216,10 +263,11 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
                 cond, uncond = velocity.chunk(2)
                 velocity = uncond + settings.cfg * (cond - uncond)
             x = x + (sigma_next - sigma) * velocity
+            check_finite_step(x, step, settings.steps)
             if blender is not None:
                 x = blender.step(x, x0, noise, sigma_next, step, settings.steps, idx)
             if callback is not None:
                 callback(number * settings.steps + step + 1, total, x)
         tokens[:, idx.to(device)] = x
     return EditResult(from_tokens(tokens, grid).cpu(), dilated, scd.decoder_calls - calls0[0],
-                      scd.encoder_calls - calls0[1], ctx.frames)
+                      scd.encoder_calls - calls0[1], ctx.frames, ctx.padding)

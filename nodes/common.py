@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
+
+log = logging.getLogger("editctrl")
 
 CATEGORY = "EditCtrl"
 NO_FILE = "(preset weights)"
@@ -102,3 +106,12 @@ class Progress:
 def check_interrupt() -> None:
     """Stop here if the user pressed cancel."""
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def notice(node: str, lines: Iterable[str]) -> ui.PreviewText | None:
+    """The node's notices as UI text (shown on the node and kept in /history), each also logged once."""
+    kept = [line for line in lines if line]
+    for line in kept:
+        log.info("%s: %s", node, line)
+    return ui.PreviewText("\n".join(kept)) if kept else None
+

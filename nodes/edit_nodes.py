@@ -8,7 +8,8 @@ import torch
 from comfy_api.latest import io
 
 from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
-from ..editctrl_core.context import EditContext, prepare_edit
+from ..editctrl_core.checks import check_finite_tensor
+from ..editctrl_core.context import GEOMETRY_MODES, EditContext, prepare_edit
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.geometry import GeometryError
 from ..editctrl_core.sampler import EditResult, Region, SamplerSettings, sample_edit
@@ -27,6 +28,7 @@ from .common import (
     EditVAE,
     Progress,
     check_interrupt,
+    notice,
 )
 
 log = logging.getLogger("editctrl")
@@ -44,29 +46,28 @@ class EditCtrlVAEEncode(io.ComfyNode):
             description="IMAGE frames + MASK → edit context (source latents, background latents, token mask).",
             inputs=[
                 EditVAE.Input("vae"),
-                io.Image.Input("images", tooltip="Video frames [F,H,W,3]; F = 8n+1, H and W multiples of 32."),
+                io.Image.Input("images", tooltip="Video frames [F,H,W,3], any frame count and size."),
                 io.Mask.Input("mask", tooltip="Edit region [F,H,W] (or one frame for all)."),
-                io.Boolean.Input("snap", default=False,
-                                 tooltip="Trim frames / centre-crop to the nearest valid LTX-2 shape instead of "
-                                         "failing; the change is reported."),
+                io.Combo.Input("geometry", options=list(GEOMETRY_MODES), default="pad",
+                               tooltip="pad: clips that are not 8n+1 frames at multiples of 32 px are padded "
+                                       "(edges and last frame repeated), edited and cropped back, so the clip's "
+                                       "own frame count and size come out; strict: refuse them, naming every "
+                                       "problem."),
             ],
             outputs=[EditContextType.Output(display_name="edit_context"),
-                     io.Image.Output(display_name="images"), io.Mask.Output(display_name="mask")],
+                     io.Image.Output(display_name="images", tooltip="The source frames, unchanged (for Composite)."),
+                     io.Mask.Output(display_name="mask", tooltip="The mask, one per frame (for Composite).")],
         )
 
     @classmethod
-    def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, snap: bool) -> io.NodeOutput:
+    def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, geometry: str = "pad") -> io.NodeOutput:
         check_interrupt()
         vram.load(vae)
         try:
-            ctx = prepare_edit(vae, images, mask, snap=snap)
+            ctx = prepare_edit(vae, images, mask, geometry=geometry)
         except GeometryError as exc:
             raise ValueError(f"EditCtrl Encode: {exc}") from exc
-        if ctx.snap_note:
-            log.warning("EditCtrl Encode: %s", ctx.snap_note)
-        if not bool(ctx.token_mask.any()):
-            log.warning("EditCtrl Encode: the mask is empty; the sampler will return the source unchanged")
-        return io.NodeOutput(ctx, ctx.frames, ctx.mask)
+        return io.NodeOutput(ctx, images, ctx.crop(ctx.mask), ui=notice("EditCtrl Encode", ctx.notes))
 
 
 class EditCtrlSampler(io.ComfyNode):
@@ -112,6 +113,7 @@ class EditCtrlSampler(io.ComfyNode):
                 steps: int, cfg: float, shift: float, dilation: int, strength: float, window_frames: int,
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
                 regions: list[Region] | None = None, compile: bool = False) -> io.NodeOutput:
+        notes = []
         caption = model.preset.transformer["caption_channels"]
         region_conds = [(f"region {i + 1}", r.prompt) for i, r in enumerate(regions or [])]
         for name, cond in [("positive", positive), ("negative", negative), *region_conds]:
@@ -126,22 +128,22 @@ class EditCtrlSampler(io.ComfyNode):
                                    blend=blend or BlendSettings(), window_frames=window_frames,
                                    compile=compile and model.device.type == "cuda")
         if compile and not settings.compile:
-            log.warning("EditCtrl: 'compile' applies on a CUDA GPU; the model is on %s, so it runs uncompiled",
-                        model.device)
+            notes.append(f"'compile' applies on a CUDA GPU; the model is on {model.device}, so it ran uncompiled")
         elif compile:
             log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
-        for number, region in enumerate(regions or [], start=1):
-            if tuple(region.mask.shape) != tuple(edit_context.mask.shape):
-                raise ValueError(f"region {number} mask {tuple(region.mask.shape)} does not match the edit context "
-                                 f"{tuple(edit_context.mask.shape)}; make region masks from the same frames")
         vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
         with model.lora_patch():
             result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
                                  regions=regions)
-        log.info("EditCtrl: edited %d of %d tokens (%.1f%%), %d decoder and %d encoder passes",
-                 int(result.edit_tokens.sum()), result.edit_tokens.numel(),
-                 100 * float(result.edit_tokens.float().mean()), result.decoder_calls, result.encoder_calls)
-        return io.NodeOutput(result)
+        edited = int(result.edit_tokens.sum())
+        if edited == 0:
+            notes.append("the edit mask is empty after all processing, so the source came back unchanged and the "
+                         "model never ran; draw or select the region to edit")
+        else:
+            notes.append(f"edited {edited} of {result.edit_tokens.numel()} tokens "
+                         f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} decoder and "
+                         f"{result.encoder_calls} encoder passes")
+        return io.NodeOutput(result, ui=notice("EditCtrl Sampler", notes))
 
 
 class EditCtrlBlendSettings(io.ComfyNode):
@@ -226,8 +228,9 @@ class EditCtrlVAEDecode(io.ComfyNode):
     def execute(cls, vae, latents: EditResult, region: str = "full", halo_tokens: int = 2) -> io.NodeOutput:
         check_interrupt()
         vram.load(vae)
+        check_finite_tensor("latents", latents.latents, "the sampler's output is broken; re-run the edit")
         if region == "full":
-            return io.NodeOutput(decode_latents(vae, latents.latents))
+            return io.NodeOutput(latents.crop(decode_latents(vae, latents.latents)))
         if latents.source_frames is None:
             raise ValueError("edit box decoding needs latents from EditCtrl Edit Sampler; use region 'full'")
         decoded = local_decode(vae, latents.latents, latents.edit_tokens, halo_tokens)
@@ -236,7 +239,7 @@ class EditCtrlVAEDecode(io.ComfyNode):
             crop_frames, crop = decoded
             y0, y1, x0, x1 = crop.pixels()
             frames[:, y0:y1, x0:x1] = crop_frames.to(frames.dtype)
-        return io.NodeOutput(frames)
+        return io.NodeOutput(latents.crop(frames))
 
 
 class EditCtrlComposite(io.ComfyNode):
@@ -261,15 +264,6 @@ class EditCtrlComposite(io.ComfyNode):
     @classmethod
     def execute(cls, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                 feather_px: float) -> io.NodeOutput:
-        if edited.shape != source.shape:
-            raise ValueError(f"edited frames {tuple(edited.shape)} and source frames {tuple(source.shape)} differ; "
-                             "connect the images output of EditCtrl Encode as source")
-        if mask.ndim == 2:
-            mask = mask.unsqueeze(0)
-        if mask.shape[0] == 1:
-            mask = mask.expand(source.shape[0], -1, -1)
-        if tuple(mask.shape) != tuple(source.shape[:3]):
-            raise ValueError(f"mask {tuple(mask.shape)} does not match the frames {tuple(source.shape[:3])}")
         return io.NodeOutput(composite(edited, source, mask, feather_px))
 
 

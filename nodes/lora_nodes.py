@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +11,8 @@ from comfy_api.latest import io
 from ..editctrl_core.adapters import AdapterLoadError, load_adapter
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.lora import LoraError, apply_loras, read_lora
-from .common import CATEGORY, EditModelType
+from .common import CATEGORY, EditModelType, notice
 
-log = logging.getLogger("editctrl")
 NONE = "(none)"
 
 
@@ -56,10 +54,11 @@ class EditCtrlLoraLoader(io.ComfyNode):
             raise ValueError(f"EditCtrl Load LoRA: {lora_name} was trained for base model {base!r}, but the loaded "
                              f"model is {model.preset.model_id!r} ({model.preset.name}); use a LoRA trained for this "
                              "model or load the matching model")
+        notes = []
         split = lora.metadata.get("split_layer")
         if split is not None and str(split) != str(model.scd.split_layer):
-            log.warning("EditCtrl Load LoRA: %s was trained with the SCD split at layer %s; the model is split at %s",
-                        lora_name, split, model.scd.split_layer)
+            notes.append(f"{lora_name} was trained with the SCD split at layer {split}; the model is split at "
+                         f"{model.scd.split_layer} (set split_layer on the loader to {split} to match)")
         try:
             with apply_loras(model.scd.transformer, [(lora, strength)]):
                 pass
@@ -70,8 +69,8 @@ class EditCtrlLoraLoader(io.ComfyNode):
             out = model.with_lora(lora, strength)
         except ValueError as exc:
             raise ValueError(f"EditCtrl Load LoRA: {lora_name}: {exc}") from exc
-        log.info("EditCtrl: %s", out.describe())
-        return io.NodeOutput(out)
+        notes.append(out.describe())
+        return io.NodeOutput(out, ui=notice("EditCtrl Load LoRA", notes))
 
 
 class EditCtrlAdapterLoader(io.ComfyNode):
@@ -123,8 +122,7 @@ class EditCtrlAdapterLoader(io.ComfyNode):
         except ValueError as exc:
             raise ValueError(f"EditCtrl Load Adapters: {exc}") from exc
         out = replace(model, scd=scd, attachments=[*model.attachments, *names])
-        log.info("EditCtrl: %s", out.describe())
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, ui=notice("EditCtrl Load Adapters", [out.describe()]))
 
 
 NODES = [EditCtrlLoraLoader, EditCtrlAdapterLoader]

@@ -495,7 +495,9 @@ class ComfyServer:
             payload["client_id"] = client_id
         if extra_data:
             payload["extra_data"] = dict(extra_data)
-        r = self.http.post(f"{self.url}/prompt", json=payload, timeout=60)
+        # json.dumps, not requests' json=: a client may send NaN/Infinity literals and the server must cope with them
+        r = self.http.post(f"{self.url}/prompt", data=json.dumps(payload), timeout=60,
+                           headers={"Content-Type": "application/json"})
         if r.status_code != 200:
             try:
                 body: Any = r.json()

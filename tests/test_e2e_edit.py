@@ -144,22 +144,102 @@ def test_invalid_prompt_is_rejected_with_node_errors(comfy_server: ComfyServer) 
     assert "steps" in text and "positive" in text and "images" in text
 
 
-def test_bad_frame_count_gives_a_clear_error(comfy_server: ComfyServer, demo_clip: Path,
-                                             tmp_path: Path) -> None:
-    odd = tmp_path / "editctrl_demo_20f.mp4"
-    frames, _ = read_video(demo_clip)
-    write_video(odd, frames[:20], fps=24)
+def test_any_clip_geometry_round_trips_with_its_frames_size_fps_and_audio(comfy_server: ComfyServer,
+                                                                          tmp_path: Path) -> None:
+    """20 frames at 100x150 and 30 fps: strict mode names every problem at once; pad mode edits and gives back the
+    same frame count, size, fps and audio, the source beyond the feather, and says on the node what it padded."""
+    odd = tmp_path / "editctrl_odd_20f.mp4"
+    clip = make_clip(20, 100, 150, seed=5)
+    t = np.arange(44100) / 44100
+    tone = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    write_video(odd, clip.frames, fps=30, audio=(np.stack([tone, tone]), 44100))
     comfy_server.upload_image(odd)
-    wf = _workflow(**{"1": {"file": odd.name}, "8": {"snap": False}})
-    result = comfy_server.run(wf, timeout=300, check=False)
-    assert result.error is not None and result.error["type"] == "execution_error"
-    message = result.error["data"]["exception_message"]
-    assert "8n+1" in message and "20" in message and "snap" in message
-    snapped = comfy_server.run(_workflow(**{"1": {"file": odd.name}, "8": {"snap": True},
-                                            "9": {"steps": 1}}), timeout=300, check=False)
-    assert snapped.error is None, snapped.error
-    video = [p for p in comfy_server.output_files(snapped.history) if p.name.startswith("edit")]
-    assert read_video(video[0])[0].shape[0] == 17
+    rect = {"x": 100, "y": 60, "width": 50, "height": 40}
+    strict = comfy_server.run(_workflow(**{"1": {"file": odd.name}, "7": rect, "8": {"geometry": "strict"}}),
+                              timeout=300, check=False)
+    assert strict.error is not None and strict.error["type"] == "execution_error"
+    message = strict.error["data"]["exception_message"]
+    assert "20 frames is not 8n+1" in message and "pad to 25 or trim to 17" in message
+    assert "height 100 px" in message and "width 150 px" in message and "geometry 'pad'" in message
+    wf = _workflow(**{"1": {"file": odd.name}, "7": rect, "9": {"steps": 2}})
+    wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/odd"}}
+    padded = comfy_server.run(wf, timeout=300, check=False)
+    assert padded.error is None, padded.error
+    note = "".join(padded.history["outputs"]["8"]["text"])
+    assert "padded 20 frames at 100x150 to 25 frames at 128x160" in note
+    assert "edited" in "".join(padded.history["outputs"]["9"]["text"])
+    video = next(p for p in comfy_server.output_files(padded.history) if p.name.startswith("edit"))
+    frames_out, fps = read_video(video)
+    assert frames_out.shape == (20, 100, 150, 3) and fps == 30
+    import av
+
+    with av.open(str(video)) as container:
+        assert len(container.streams.audio) == 1, "source audio must be carried into the edited video"
+    frames = _png_frames(comfy_server, padded.history, "17")
+    assert frames.shape == (20, 100, 150, 3)
+    source, _ = read_video(odd)
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    mask = torch.zeros(20, 100, 150)
+    mask[:, 60:, 100:] = 1
+    beyond = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
+    assert np.array_equal(frames[beyond], expected[beyond])
+    inside = (mask > 0).numpy()
+    assert np.abs(frames[inside].astype(int) - expected[inside].astype(int)).mean() > 1.0
+
+
+def _image_workflow(name: str, rect: dict) -> dict:
+    """The demo graph fed by one still image (LoadImage) instead of a video, saving PNGs of the composite."""
+    wf = _workflow(**{"7": rect, "9": {"steps": 2}})
+    for node in ("12", "13", "14", "15", "16", "2"):
+        del wf[node]
+    wf["1"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+    for node in wf.values():
+        for key, value in node["inputs"].items():
+            if value == ["2", 0]:
+                node["inputs"][key] = ["1", 0]
+    wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/still"}}
+    return wf
+
+
+def test_a_single_odd_sized_frame_round_trips(comfy_server: ComfyServer, tmp_path: Path) -> None:
+    still = tmp_path / "editctrl_still_35x37.png"
+    pixels = (make_clip(1, 35, 37, seed=2).frames[0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(still)
+    comfy_server.upload_image(still)
+    for rect in ({"x": 0, "y": 0, "width": 10, "height": 35}, {"x": 30, "y": 25, "width": 7, "height": 10}):
+        wf = _image_workflow(still.name, rect)
+        result = comfy_server.run(wf, timeout=300, check=False)
+        assert result.error is None, result.error
+        frames = _png_frames(comfy_server, result.history, "17")
+        assert frames.shape == (1, 35, 37, 3)
+        mask = torch.zeros(1, 35, 37)
+        mask[:, rect["y"]:rect["y"] + rect["height"], rect["x"]:rect["x"] + rect["width"]] = 1
+        beyond = (feather_mask(mask, wf["11"]["inputs"]["feather_px"]) == 0).numpy()
+        assert np.array_equal(frames[beyond], pixels[None][beyond])
+        assert "padded 1 frames at 35x37 to 1 frames at 64x64" in "".join(result.history["outputs"]["8"]["text"])
+
+
+def test_non_finite_inputs_are_errors_naming_the_input(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    """NaN cfg/shift pass ComfyUI's min/max check; NaN pixels and masks come from core nodes. Each is refused."""
+    cases = {
+        "cfg is nan": _workflow(**{"9": {"cfg": float("nan"), "steps": 1}}),
+        "shift is nan": _workflow(**{"9": {"shift": float("nan"), "steps": 1}}),
+        "strength is nan": _workflow(**{"9": {"strength": float("nan"), "steps": 1}}),
+        "feather_px is nan": _workflow(**{"9": {"steps": 1}, "11": {"feather_px": float("nan")}}),
+    }
+    nan_mask = _workflow(**{"8": {"mask": ["20", 0]}, "9": {"steps": 1}})
+    nan_mask["20"] = {"class_type": "SolidMask", "inputs": {"value": float("nan"), "width": 192, "height": 128}}
+    cases["mask holds"] = nan_mask
+    nan_frames = _workflow(**{"8": {"images": ["20", 0]}, "9": {"steps": 1}})
+    nan_frames["20"] = {"class_type": "ImageBlend", "inputs": {"image1": ["2", 0], "image2": ["2", 0],
+                                                               "blend_factor": float("nan"), "blend_mode": "normal"}}
+    cases["frames holds"] = nan_frames
+    for expected, wf in cases.items():
+        result = comfy_server.run(wf, timeout=300, check=False)
+        assert result.error is not None, expected
+        assert expected in result.error["data"]["exception_message"], (expected, result.error["data"])
+    ok = comfy_server.run(_workflow(**{"9": {"steps": 1}}), timeout=300, check=False)
+    assert ok.error is None, ok.error
 
 
 def test_interrupt_mid_sampling_then_next_prompt_runs(comfy_server: ComfyServer, demo_clip: Path) -> None:

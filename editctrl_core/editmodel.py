@@ -14,6 +14,8 @@ from .models import Preset
 from .scd import PREFIX_MODES, SCDModel
 
 log = logging.getLogger("editctrl")
+EDIT_MODES = ("auto", "scd", "training_free", "full")
+SCD_LORA_KEYS = ("scd_prefix", "split_layer")
 
 
 @dataclass
@@ -41,6 +43,43 @@ class EditModel:
             log.info("EditCtrl: %s was trained with the %s decoder prefix; using it", name, prefix)
             scd = scd.variant(prefix=prefix)
         return replace(self, scd=scd, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
+
+    @property
+    def scd_parts(self) -> list[str]:
+        """What makes this model an SCD edit model: SCD LoRAs (their metadata says so) and EditCtrl adapters."""
+        parts = [f"SCD LoRA {Path(lora.path).name if lora.path else 'in-memory'}" for lora, _ in self.loras
+                 if any(key in lora.metadata for key in SCD_LORA_KEYS)]
+        parts += [name for name, module in (("the local context adapter", self.scd.local),
+                                            ("the global context adapter", self.scd.global_context))
+                  if module is not None]
+        return parts
+
+    def resolve_mode(self, requested: str) -> tuple[str, str]:
+        """(mode that runs, why): `auto` is `scd` when SCD weights are loaded, else `training_free`; a mode that
+        cannot run with what is loaded raises, naming the piece and what to do."""
+        if requested not in EDIT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(EDIT_MODES)}; got {requested!r}")
+        parts = self.scd_parts
+        if requested == "auto":
+            if parts:
+                return "scd", f"auto chose scd: {', '.join(parts)} loaded"
+            return "training_free", ("auto chose training_free: no SCD LoRA or EditCtrl adapters loaded, so the "
+                                     "pretrained model edits the masked tokens with the clean background as context")
+        if requested == "scd":
+            if parts:
+                return "scd", f"scd as chosen ({', '.join(parts)} loaded)"
+            return "scd", ("scd as chosen, but no SCD LoRA or adapters are loaded: the split decoder only edits well "
+                           "with weights trained for it (choose auto or training_free for the official checkpoints)")
+        adapters = [p for p in parts if "adapter" in p]
+        loras = [p for p in parts if "adapter" not in p]
+        if adapters:
+            raise ValueError(f"mode {requested} cannot use {' and '.join(adapters)}: EditCtrl adapters work with the "
+                             "SCD split only. Choose mode scd (or auto), or remove EditCtrl Load Adapters")
+        if loras:
+            raise ValueError(f"mode {requested} cannot use {', '.join(loras)}: it was trained for the SCD split "
+                             "decoder. Choose mode scd (or auto), or remove that LoRA (ordinary LoRAs such as "
+                             "IC-LoRAs work in every mode)")
+        return requested, f"{requested} as chosen"
 
     def lora_patch(self) -> contextlib.AbstractContextManager:
         """Context in which the LoRA stack is active on the transformer (hooks removed on exit, bit-exact)."""

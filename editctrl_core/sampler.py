@@ -15,12 +15,17 @@ import torch.nn.functional as F
 from .blend import BlendSettings, BoundaryBlender
 from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
-from .fast_decode import FastDecoder, GraphedStep
+from .fast_decode import FastDecoder, GraphedStep, compiled_video_block, fast_encode, video_block
 from .geometry import Padding
+from .guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_velocity
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
 from .scd import SCDModel
+from .schedules import DISTILLED_SIGMAS, check_sigmas, ltx2_sigmas
 from .text import TextConditioning, concat_conditionings
+from .training_free import FastMaskLocal, FullModel, MaskLocalModel
 
+SAMPLER_MODES = ("scd", "training_free", "full")
+SCHEDULERS = ("ltx2", "distilled", "linear")
 StepCallback = Callable[[int, int, torch.Tensor], None]
 StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,9 +34,9 @@ StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SamplerSettings:
     """User-facing sampling options (defaults follow the seed's inference settings)."""
 
-    steps: int = 20
+    steps: int = 30
     seed: int = 0
-    cfg: float = 4.0
+    cfg: float = DEFAULT_CFG
     shift: float = 1.0
     dilation: int = 1
     temporal_dilation: int = 0
@@ -40,10 +45,14 @@ class SamplerSettings:
     window_frames: int = 0
     fast: bool = True
     compile: bool | str = False
+    mode: str = "scd"
+    scheduler: str = "ltx2"
+    sigmas: torch.Tensor | None = None
+    guidance_rescale: float = DEFAULT_RESCALE
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range or non-finite options."""
-        for name in ("cfg", "shift", "strength"):
+        for name in ("cfg", "shift", "strength", "guidance_rescale"):
             check_finite_value(name, getattr(self, name))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1; got {self.steps}")
@@ -57,6 +66,24 @@ class SamplerSettings:
             raise ValueError("dilation must be >= 0")
         if self.window_frames < 0:
             raise ValueError(f"window_frames must be >= 0 (0 = one pass); got {self.window_frames}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1]; got {self.guidance_rescale}")
+        if self.sigmas is not None:
+            check_sigmas(self.sigmas, self.steps)
+            if self.strength != 1.0:
+                raise ValueError("strength applies to the built-in schedules; with SIGMAS, start the list at the σ "
+                                 "to edit from (e.g. BasicScheduler's denoise) and leave strength at 1")
+        elif self.scheduler == "distilled":
+            if self.steps != len(DISTILLED_SIGMAS) - 1:
+                raise ValueError(f"the distilled schedule has {len(DISTILLED_SIGMAS) - 1} steps; set steps to "
+                                 f"{len(DISTILLED_SIGMAS) - 1} (got {self.steps})")
+            if self.strength != 1.0:
+                raise ValueError("the distilled schedule starts from pure noise: leave strength at 1")
+        if self.mode not in SAMPLER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SAMPLER_MODES)}; got {self.mode!r} (resolve 'auto' "
+                             "with EditModel.resolve_mode first)")
         if self.compile and not self.fast:
             raise ValueError("compile applies to the fast decoder: turn fast on or compile off")
 
@@ -71,10 +98,23 @@ class EditResult:
     encoder_calls: int
     source_frames: torch.Tensor | None = None
     padding: Padding | None = None
+    mode: str = "scd"
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
         """Decoded frames on the model's grid → the clip's own frame count and size."""
         return frames if self.padding is None else self.padding.crop(frames)
+
+
+def edit_sigmas(settings: SamplerSettings, num_tokens: int) -> torch.Tensor:
+    """The σ schedule of an edit (steps+1 values): given SIGMAS, the distilled list, LTX-2's own schedule for the
+    clip's `num_tokens` latent tokens, or the plain linear one with `shift`."""
+    if settings.sigmas is not None:
+        return check_sigmas(settings.sigmas, settings.steps)
+    if settings.scheduler == "distilled":
+        return torch.tensor(DISTILLED_SIGMAS, dtype=torch.float32)
+    if settings.scheduler == "ltx2":
+        return ltx2_sigmas(settings.steps, num_tokens, strength=settings.strength)
+    return flow_sigmas(settings.steps, settings.shift, settings.strength)
 
 
 def flow_sigmas(steps: int, shift: float = 1.0, strength: float = 1.0) -> torch.Tensor:
@@ -199,6 +239,58 @@ def check_finite_step(x: torch.Tensor, step: int, steps: int) -> None:
                              "weights (a LoRA at a very high strength can do this)")
 
 
+def _encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+            fast: bool) -> torch.Tensor:
+    """The SCD encoder once per edit: frame-causal attention by chunks (no dense [N,N] mask) on the fast path."""
+    if not fast:
+        return scd.encode(background, grid, text)
+    scd.encoder_calls += 1
+    return fast_encode(scd, background, grid, text)
+
+
+def _background_keep(positive: TextConditioning, region_masks: list, negative: TextConditioning | None,
+                     use_cfg: bool, pending: torch.Tensor) -> torch.Tensor:
+    """Per-token prompt masks [B,P,T] of the clean background tokens (those not pending an edit)."""
+    return region_text(positive, region_masks, negative if use_cfg else None, (~pending).nonzero().squeeze(1))[1]
+
+
+def _all_keep(positive: TextConditioning, region_masks: list, negative: TextConditioning | None, use_cfg: bool,
+              grid: tuple[int, int, int]) -> torch.Tensor:
+    """Per-token prompt masks [B,N,T] of every token of the clip (the `full` mode runs them all)."""
+    everything = torch.arange(grid[0] * grid[1] * grid[2])
+    return region_text(positive, region_masks, negative if use_cfg else None, everything)[1]
+
+
+def _pretrained_step(model: MaskLocalModel | FullModel, tokens: torch.Tensor, idx: torch.Tensor,
+                     pending: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+                     settings: SamplerSettings, example: tuple[torch.Tensor, torch.Tensor],
+                     text_keep: torch.Tensor | None, background_keep: torch.Tensor | None,
+                     all_keep: torch.Tensor | None) -> StepFunction:
+    """The per-step function of the `training_free` (cached fast path, CUDA-graphed on a GPU, optionally
+    compiled) or `full` mode for one window; tokens not pending an edit are clean context (earlier windows' edits
+    included)."""
+    if isinstance(model, FullModel):
+        plan = model.plan(idx, tokens, grid, text, text_keep=all_keep)
+        step: StepFunction = lambda x, sigma: model.decode(plan, x, sigma)  # noqa: E731
+    else:
+        background = (~pending).nonzero().squeeze(1)
+        plan = model.plan(idx, tokens, grid, text, background_index=background, text_keep=text_keep,
+                          background_keep=background_keep)
+        if settings.fast:
+            block_fn = compiled_video_block("inductor" if settings.compile is True else settings.compile) \
+                if settings.compile else video_block
+            step = FastMaskLocal(model, plan, block_fn=block_fn)
+            if example[0].is_cuda:
+                step = GraphedStep(step, *example)
+        else:
+            step = lambda x, sigma: model.decode(plan, x, sigma)  # noqa: E731
+
+    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        model.decoder_calls += 1
+        return step(x, sigma)
+    return counted
+
+
 @torch.no_grad()
 def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
                 settings: SamplerSettings, callback: StepCallback | None = None,
@@ -226,7 +318,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
     if index.numel() == 0:
-        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames, ctx.padding)
+        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames, ctx.padding, settings.mode)
     use_cfg = negative is not None and settings.cfg != 1.0
     keep = None
     if region_masks:
@@ -236,32 +328,46 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     else:
         text = concat_conditionings([positive, negative]) if use_cfg else positive
         encoder_text = positive
-    background = to_tokens(ctx.background_latents)
-    if settings.window_frames:
-        context = scd.encode_windowed(background, grid, encoder_text, settings.window_frames)
+    if settings.mode == "scd":
+        background = to_tokens(ctx.background_latents)
+        if settings.window_frames:
+            context = scd.encode_windowed(background, grid, encoder_text, settings.window_frames)
+        else:
+            context = _encode(scd, background, grid, encoder_text, settings.fast)
     else:
-        context = scd.encode(background, grid, encoder_text)
+        pretrained = (MaskLocalModel if settings.mode == "training_free" else FullModel)(scd.stack, scd.options.fps)
     noise_all = to_tokens(noise_like(ctx.source_latents, settings.seed)).to(device)
-    sigmas = flow_sigmas(settings.steps, settings.shift, settings.strength)
+    sigmas = edit_sigmas(settings, ctx.grid.num_tokens)
     batch = 2 if use_cfg else 1
     tokens = source.clone()
-    windows = _windows(index, grid, settings.window_frames)
+    windows = _windows(index, grid, settings.window_frames if settings.mode != "full" else 0)
     total = settings.steps * len(windows)
+    pending = dilated.flatten().clone()
     for number, positions in enumerate(windows):
         idx = index[positions]
-        plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
-                        text_keep=None if keep is None else keep[:, positions])
         noise = noise_all[:, idx.to(device)]
         x0 = source[:, idx.to(device)]
         x = (1 - sigmas[0]) * x0 + sigmas[0] * noise
-        decode = _step_function(scd, plan, settings, x.expand(batch, -1, -1).contiguous(),
-                                torch.full((batch,), float(sigmas[0]), device=device))
+        example = (x.expand(batch, -1, -1).contiguous(), torch.full((batch,), float(sigmas[0]), device=device))
+        text_keep = None if keep is None else keep[:, positions]
+        if settings.mode == "scd":
+            plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
+                            text_keep=text_keep)
+            decode = _step_function(scd, plan, settings, *example)
+        else:
+            background_keep = None
+            if settings.mode == "training_free":
+                background_keep = None if keep is None else _background_keep(positive, region_masks, negative,
+                                                                              use_cfg, pending)
+            decode = _pretrained_step(pretrained, tokens, idx, pending, grid, text, settings, example, text_keep,
+                                      background_keep, None if keep is None else
+                                      _all_keep(positive, region_masks, negative, use_cfg, grid))
         for step in range(settings.steps):
             sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
             velocity = decode(x.expand(batch, -1, -1), torch.full((batch,), sigma, device=device)).float()
             if use_cfg:
                 cond, uncond = velocity.chunk(2)
-                velocity = uncond + settings.cfg * (cond - uncond)
+                velocity = guide_velocity(cond, uncond, x, sigma, settings.cfg, settings.guidance_rescale)
             x = x + (sigma_next - sigma) * velocity
             check_finite_step(x, step, settings.steps)
             if blender is not None:
@@ -269,5 +375,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
             if callback is not None:
                 callback(number * settings.steps + step + 1, total, x)
         tokens[:, idx.to(device)] = x
-    return EditResult(from_tokens(tokens, grid).cpu(), dilated, scd.decoder_calls - calls0[0],
-                      scd.encoder_calls - calls0[1], ctx.frames, ctx.padding)
+        pending[idx] = False
+    decoder_calls = scd.decoder_calls - calls0[0] if settings.mode == "scd" else pretrained.decoder_calls
+    return EditResult(from_tokens(tokens, grid).cpu(), dilated, decoder_calls, scd.encoder_calls - calls0[1],
+                      ctx.frames, ctx.padding, settings.mode)

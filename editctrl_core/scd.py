@@ -117,19 +117,24 @@ class LTX2Stack:
         return TextContext(video, audio, bias, bias)
 
     def time(self, sigma_tokens: torch.Tensor, sigma: torch.Tensor) -> TimeContext:
-        """Timestep modulation from σ per video token [B,n] (or [B]) and σ per sample [B] (audio, prompt AdaLN)."""
+        """Timestep modulation from σ per video token [B,n] (or [B]) and σ per sample [B] (audio, prompt AdaLN).
+
+        Every AdaLN gets σ·timestep_scale_multiplier (1000), what diffusers' forward receives from LTX2Pipeline
+        (``timestep = sigma = σ·1000``) and what ltx-core feeds its AdaLNs, LTX-2.3's prompt AdaLN included.
+        """
         m, c = self.model, self.config
         batch = sigma.shape[0]
         scale = c.timestep_scale_multiplier
+        timestep = (sigma * scale).flatten()
         temb, embedded = m.time_embed((sigma_tokens * scale).flatten(), batch_size=batch, hidden_dtype=self.dtype)
         temb = temb.view(batch, -1, temb.shape[-1])
         embedded = embedded.view(batch, -1, embedded.shape[-1])
-        temb_audio, _ = m.audio_time_embed((sigma * scale).flatten(), batch_size=batch, hidden_dtype=self.dtype)
+        temb_audio, _ = m.audio_time_embed(timestep, batch_size=batch, hidden_dtype=self.dtype)
         temb_audio = temb_audio.view(batch, -1, temb_audio.shape[-1])
         temb_prompt = temb_prompt_audio = None
-        if m.prompt_modulation and c.use_prompt_adaln_single:
-            temb_prompt, _ = m.prompt_adaln(sigma.flatten(), batch_size=batch, hidden_dtype=self.dtype)
-            temb_prompt_audio, _ = m.audio_prompt_adaln(sigma.flatten(), batch_size=batch, hidden_dtype=self.dtype)
+        if self.prompt_depends_on_sigma:
+            temb_prompt, _ = m.prompt_adaln(timestep, batch_size=batch, hidden_dtype=self.dtype)
+            temb_prompt_audio, _ = m.audio_prompt_adaln(timestep, batch_size=batch, hidden_dtype=self.dtype)
             temb_prompt = temb_prompt.view(batch, -1, temb_prompt.shape[-1])
             temb_prompt_audio = temb_prompt_audio.view(batch, -1, temb_prompt_audio.shape[-1])
         return TimeContext(temb, embedded, temb_audio, temb_prompt, temb_prompt_audio)

@@ -10,9 +10,10 @@ from comfy_api.latest import io
 from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.checks import check_finite_tensor
 from ..editctrl_core.context import GEOMETRY_MODES, EditContext, prepare_edit
-from ..editctrl_core.editmodel import EditModel
+from ..editctrl_core.editmodel import EDIT_MODES, EditModel
 from ..editctrl_core.geometry import GeometryError
-from ..editctrl_core.sampler import EditResult, Region, SamplerSettings, sample_edit
+from ..editctrl_core.guidance import DEFAULT_CFG, DEFAULT_RESCALE
+from ..editctrl_core.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, sample_edit
 from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.vae import decode_latents
 from ..editctrl_core.vae_tiles import local_decode
@@ -90,10 +91,13 @@ class EditCtrlSampler(io.ComfyNode):
                                   tooltip="Extra regions with their own prompts (EditCtrl Region), edited in the "
                                           "same pass; the rest of the edit mask follows 'positive'."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
-                io.Int.Input("steps", default=20, min=1, max=200),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
+                io.Int.Input("steps", default=30, min=1, max=200, tooltip="Denoising steps (LTX-2: 30; distilled: 8)."),
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance (LTX-2's pipelines: 3.0); needs a negative prompt. "
+                                       "1 = off."),
                 io.Float.Input("shift", default=1.0, min=0.05, max=20.0, step=0.05,
-                               tooltip="Flow-matching time shift; > 1 spends more steps at high noise."),
+                               tooltip="scheduler 'linear' only: flow-matching time shift; > 1 spends more steps at "
+                                       "high noise (LTX-2's own schedule derives its shift from the clip size)."),
                 io.Int.Input("dilation", default=1, min=0, max=16,
                              tooltip="Grow the edit region by this many latent tokens (32 px each)."),
                 io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
@@ -101,6 +105,23 @@ class EditCtrlSampler(io.ComfyNode):
                 io.Int.Input("window_frames", default=0, min=0, max=1024,
                              tooltip="Long clips: encode and denoise this many latent frames at a time (the causal "
                                      "encoder carries its K/V cache across windows). 0 = one pass."),
+                io.Combo.Input("mode", options=list(EDIT_MODES), default="auto", optional=True,
+                               tooltip="auto: scd when an SCD LoRA or EditCtrl adapters are loaded, else "
+                                       "training_free. scd: the split encoder/decoder (needs weights trained for "
+                                       "it). training_free: the official weights on the masked tokens only, the "
+                                       "clean background as context (cost ∝ mask). full: the whole clip every step "
+                                       "(the quality reference; what native inpainting costs)."),
+                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="ltx2", optional=True,
+                               tooltip="ltx2: LTX-2's own σ schedule (shift from the clip's token count, stretched "
+                                       "to 0.1); distilled: the official 8-step list of the distilled checkpoints; "
+                                       "linear: linspace with 'shift'. A SIGMAS input overrides it."),
+                io.Float.Input("guidance_rescale", default=DEFAULT_RESCALE, min=0.0, max=1.0, step=0.05,
+                               optional=True,
+                               tooltip="Rescale of the guided prediction toward the conditional one's spread "
+                                       "(LTX-2's pipelines: 0.7; 0 = plain CFG)."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="A σ schedule from a scheduler node (e.g. BasicScheduler, LTXVScheduler): "
+                                        "steps + 1 values ending at 0."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="GPU: fuse the decoder blocks with torch.compile (faster steps, large masks "
                                          "gain most). The first edit of a session compiles for about a minute."),
@@ -112,8 +133,11 @@ class EditCtrlSampler(io.ComfyNode):
     def execute(cls, model: EditModel, edit_context: EditContext, positive: TextConditioning, seed: int,
                 steps: int, cfg: float, shift: float, dilation: int, strength: float, window_frames: int,
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
-                regions: list[Region] | None = None, compile: bool = False) -> io.NodeOutput:
-        notes = []
+                regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
+                scheduler: str = "ltx2", guidance_rescale: float = DEFAULT_RESCALE,
+                sigmas: torch.Tensor | None = None) -> io.NodeOutput:
+        chosen, why = model.resolve_mode(mode)
+        notes = [f"mode {chosen}: {why}"]
         caption = model.preset.transformer["caption_channels"]
         region_conds = [(f"region {i + 1}", r.prompt) for i, r in enumerate(regions or [])]
         for name, cond in [("positive", positive), ("negative", negative), *region_conds]:
@@ -126,12 +150,15 @@ class EditCtrlSampler(io.ComfyNode):
                              f"takes {channels}; encode with this model's VAE")
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames,
-                                   compile=compile and model.device.type == "cuda")
+                                   compile=compile and model.device.type == "cuda", mode=chosen,
+                                   scheduler=scheduler, guidance_rescale=guidance_rescale, sigmas=sigmas)
+        settings.validate()
         if compile and not settings.compile:
             notes.append(f"'compile' applies on a CUDA GPU; the model is on {model.device}, so it ran uncompiled")
         elif compile:
             log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
         vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
+        check_interrupt()
         with model.lora_patch():
             result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
                                  regions=regions)
@@ -140,9 +167,10 @@ class EditCtrlSampler(io.ComfyNode):
             notes.append("the edit mask is empty after all processing, so the source came back unchanged and the "
                          "model never ran; draw or select the region to edit")
         else:
+            encoder = f" and {result.encoder_calls} encoder pass(es)" if result.encoder_calls else ""
             notes.append(f"edited {edited} of {result.edit_tokens.numel()} tokens "
-                         f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} decoder and "
-                         f"{result.encoder_calls} encoder passes")
+                         f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} denoising "
+                         f"passes{encoder}")
         return io.NodeOutput(result, ui=notice("EditCtrl Sampler", notes))
 
 

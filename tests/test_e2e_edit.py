@@ -89,6 +89,7 @@ def test_loader_prefix_mode_changes_the_edit_inside_the_mask_only(comfy_server: 
     for mode in ("one_way", "bidirectional"):
         wf = _workflow()
         wf["3"]["inputs"]["scd_prefix"] = mode
+        wf["9"]["inputs"]["mode"] = "scd"
         wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": f"e2e/{mode}"}}
         result = comfy_server.run(wf, timeout=600)
         frames[mode] = _png_frames(comfy_server, result.history, "17")
@@ -378,3 +379,48 @@ def test_edit_box_decode_keeps_source_outside_the_box(comfy_server: ComfyServer,
     box[32:128, 32:160] = True
     assert np.array_equal(frames[:, ~box], expected[:, ~box])
     assert not np.array_equal(frames[:, box], expected[:, box])
+
+
+def test_native_scheduler_sigmas_drive_the_edit_and_the_node_reports_the_mode(comfy_server: ComfyServer,
+                                                                            demo_clip: Path) -> None:
+    """SIGMAS from ComfyUI's own LTXVScheduler drive an edit; a SIGMAS of the wrong length is refused; with no SCD
+    weights loaded `auto` runs training_free and says so on the node."""
+    wf = _workflow(**{"9": {"steps": 4, "sigmas": ["20", 0]}})
+    wf["20"] = {"class_type": "LTXVScheduler", "inputs": {"steps": 4, "max_shift": 2.05, "base_shift": 0.95,
+                                                          "stretch": True, "terminal": 0.1}}
+    wf["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/sigmas"}}
+    result = comfy_server.run(wf, timeout=300, check=False)
+    assert result.error is None, result.error
+    report = "".join(result.history["outputs"]["9"]["text"])
+    assert "mode training_free: auto chose training_free" in report and "4 denoising passes" in report
+    _assert_source_outside(_png_frames(comfy_server, result.history, "17"), wf, demo_clip)
+    wf["9"]["inputs"]["steps"] = 5
+    bad = comfy_server.run(wf, timeout=300, check=False)
+    assert bad.error is not None
+    assert "SIGMAS has 5 values but 5 steps need 6" in bad.error["data"]["exception_message"]
+
+
+def test_modes_that_cannot_run_and_empty_masks_are_said_on_the_node(comfy_server: ComfyServer,
+                                                                   demo_clip: Path) -> None:
+    empty = _workflow(**{"8": {"mask": ["20", 0]}, "9": {"steps": 2}})
+    empty["20"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 192, "height": 128}}
+    empty["17"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/empty"}}
+    result = comfy_server.run(empty, timeout=300, check=False)
+    assert result.error is None, result.error
+    assert "the mask is empty" in "".join(result.history["outputs"]["8"]["text"])
+    assert "the model never ran" in "".join(result.history["outputs"]["9"]["text"])
+    source, _ = read_video(demo_clip)
+    expected = np.clip(255.0 * source.numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(_png_frames(comfy_server, result.history, "17"), expected)
+    layout = {"checkpoints": "editctrl_tiny.safetensors", "editctrl": "editctrl_tiny_local.safetensors"}
+    for folder, name in layout.items():
+        (comfy_server.models_dir / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "weights" / name, comfy_server.models_dir / folder / name)
+    adapters = _workflow(**{"3": {"preset": "auto", "weights": "checkpoints/editctrl_tiny.safetensors"},
+                            "9": {"steps": 1, "mode": "training_free", "model": ["21", 0]}})
+    adapters["21"] = {"class_type": "EditCtrlAdapterLoader",
+                      "inputs": {"model": ["3", 0], "local_adapter": "editctrl_tiny_local.safetensors",
+                                 "global_adapter": "(none)"}}
+    refused = comfy_server.run(adapters, timeout=300, check=False)
+    assert refused.error is not None
+    assert "EditCtrl adapters work with the SCD split only" in refused.error["data"]["exception_message"]

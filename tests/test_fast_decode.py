@@ -5,10 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 from checkpoint_support import assert_checkpointing_keeps_gradients
+from layout_support import LAYOUTS, layout_transformer, pipeline_forward, with_audio_embeds
 
 from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
 from editctrl_core.context import to_tokens
 from editctrl_core.fast_decode import FastDecoder, FastStack, fast_encode
+from editctrl_core.kv_cache import PrefixAttention
 from editctrl_core.models import build_transformer, load_preset
 from editctrl_core.scd import SCDModel, SCDOptions, one_way_prefix_bias
 from editctrl_core.text import TextConditioning, TinyTextEncoder, concat_conditionings
@@ -160,38 +162,16 @@ def test_compiled_blocks_equal_eager_and_compile_once_for_any_token_count(setup)
     torch._dynamo.reset()
 
 
-LAYOUTS = {
-    "ltx-2.3": dict(gated_attn=True, cross_attn_mod=True, perturbed_attn=True, use_prompt_adaln_single=True,
-                    use_prompt_embeddings=False),
-    "ltx-2.5": dict(gated_attn=True, cross_attn_mod=True, perturbed_attn=True, use_prompt_adaln_single=False,
-                    use_prompt_embeddings=False),
-}
-
-
 def _layout_model(layout: str, prefix: str) -> tuple[SCDModel, TextConditioning, TextConditioning, torch.Generator]:
     """A tiny model with an LTX-2.3/2.5 block layout, both adapters attached, and its prompts (positive, CFG pair)."""
-    from diffusers import LTX2VideoTransformer3DModel
-
-    torch.manual_seed(11)
-    model = LTX2VideoTransformer3DModel(**{**PRESET.transformer, **LAYOUTS[layout]}).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "scale_shift_table" in name or "to_gate_logits" in name:
-                p.normal_(0, 0.5)  # non-trivial modulation and gates
+    model = layout_transformer(layout)
     scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
     local, glob = _adapters()
     scd.attach(local, glob)
     enc = TinyTextEncoder(PRESET)
     gen = torch.Generator().manual_seed(4)
-    audio_width = PRESET.transformer["audio_cross_attention_dim"]
-
-    def with_audio(cond: TextConditioning) -> TextConditioning:
-        """No caption projection on 2.3/2.5: the connectors give the audio stream its own prompt embeddings."""
-        cond.audio_embeds = torch.randn(*cond.embeds.shape[:2], audio_width, generator=gen)
-        return cond
-
-    positive = with_audio(enc.encode(["a red boat on a lake"]))
-    return scd, positive, concat_conditionings([positive, with_audio(enc.encode([""]))]), gen
+    positive = with_audio_embeds(enc.encode(["a red boat on a lake"]), gen)
+    return scd, positive, concat_conditionings([positive, with_audio_embeds(enc.encode([""]), gen)]), gen
 
 
 def _layout_edit(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,6 +202,75 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
             sigma = torch.tensor([s, s])
             ref = scd.decode(plan, x, sigma)
             assert ref.abs().max() > 0.1
+            torch.testing.assert_close(fast(x, sigma), ref, atol=3e-5, rtol=1e-5)
+
+
+def _pipeline_decoder(scd: SCDModel, plan, x: torch.Tensor, sigma: torch.Tensor, text: TextConditioning
+                      ) -> torch.Tensor:
+    """The SCD decoder through diffusers' own forward called as LTX2Pipeline calls it (blocks [k, N) only, the plan's
+    prefix in place of proj_in's output), so diffusers derives every modulation from timestep = sigma = σ·1000.
+    Bidirectional prefix: one pass over [prefix; noisy] with per-token timesteps (0 on the prefix). One-way prefix: a
+    pass over the prefix at σ=0 that keeps each block's self-attention keys/values, then the noisy tokens' pass
+    attending to [prefix; own]."""
+    model, n = scd.transformer, plan.index.numel()
+    blocks = model.transformer_blocks
+    decoder = torch.nn.ModuleList(list(blocks)[scd.split_layer:])
+    originals = [b.attn1.processor for b in decoder]
+    model.transformer_blocks = decoder
+
+    def replace_proj_in(make):
+        return model.proj_in.register_forward_hook(lambda module, args, out: make(out))
+
+    try:
+        if scd.options.prefix == "bidirectional":
+            token_sigma = torch.cat([torch.zeros(x.shape[0], n), sigma[:, None].expand(-1, n)], dim=1)
+            handle = replace_proj_in(lambda out: torch.cat([plan.prefix, out], dim=1))
+            try:
+                out = pipeline_forward(model, x, sigma, text, torch.cat([plan.coords, plan.coords], dim=2),
+                                       token_sigma=token_sigma)
+            finally:
+                handle.remove()
+            return out[:, n:]
+        caches = [PrefixAttention() for _ in decoder]
+        for block, cache in zip(decoder, caches):
+            block.attn1.set_processor(cache)
+        handle = replace_proj_in(lambda out: plan.prefix)
+        try:
+            pipeline_forward(model, x, torch.zeros_like(sigma), text, plan.coords)
+        finally:
+            handle.remove()
+        for cache in caches:
+            cache.mode = "prepend"
+        return pipeline_forward(model, x, sigma, text, plan.coords)
+    finally:
+        model.transformer_blocks = blocks
+        for block, original in zip(decoder, originals):
+            block.attn1.set_processor(original)
+
+
+@pytest.mark.parametrize("prefix", ["one_way", "bidirectional"])
+@pytest.mark.parametrize("layout", ["ltx-2.0", "ltx-2.3", "ltx-2.5"])
+def test_decoders_equal_diffusers_forward_as_the_pipeline_calls_it(layout, prefix):
+    """SCDModel.decode and the cached FastDecoder equal the decoder run through diffusers' forward with the scaled
+    timestep LTX2Pipeline passes (timestep = sigma = σ·1000): LTX-2.3's prompt AdaLN gets σ·1000 like every AdaLN."""
+    model = layout_transformer(layout)
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
+    enc = TinyTextEncoder(PRESET)
+    gen = torch.Generator().manual_seed(4)
+    positive, negative = enc.encode(["a red boat on a lake"]), enc.encode([""])
+    if layout != "ltx-2.0":
+        positive, negative = with_audio_embeds(positive, gen), with_audio_embeds(negative, gen)
+    text = concat_conditionings([positive, negative])
+    background, mask, index = _layout_edit(gen)
+    x = torch.randn(2, index.numel(), CH, generator=gen)
+    with torch.no_grad():
+        plan = scd.plan(index, scd.encode(to_tokens(background), GRID, positive), GRID, text)
+        fast = FastDecoder(scd, plan)
+        for s in (0.9, 0.3):
+            sigma = torch.tensor([s, s])
+            ref = _pipeline_decoder(scd, plan, x, sigma, text)
+            assert ref.abs().max() > 0.1
+            torch.testing.assert_close(scd.decode(plan, x, sigma), ref, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(fast(x, sigma), ref, atol=3e-5, rtol=1e-5)
 
 

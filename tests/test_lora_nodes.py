@@ -66,6 +66,7 @@ def _workflow(model_chain: list[dict]) -> dict:
         wf[key] = {"class_type": node["class_type"], "inputs": {**node["inputs"], "model": source}}
         source = [key, 0]
     wf["9"]["inputs"]["model"] = source
+    wf["9"]["inputs"]["mode"] = "scd"  # the same decoder with and without the SCD LoRA (auto would switch modes)
     return wf
 
 

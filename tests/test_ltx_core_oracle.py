@@ -11,7 +11,11 @@ then loaded through our `load_models` / `load_text_encoder` and run on identical
 - a LoRA in the trainer's / ComfyUI's format (`diffusion_model.<module>.lora_A/B.weight`) fused by ltx-core
   (which fuses into bf16 weights) vs our `read_lora` + `apply_loras` hooks: every patched weight equal within bf16
   rounding (2^-7 of the largest weight; ltx-core rounds delta and sum to bf16), forward outputs within 1% of the output range, the LoRA's own effect being ~100x that;
-- text connectors (LTX-2.0 and 2.3 style) on the same Gemma hidden states: <= 1e-5.
+- text connectors (LTX-2.0 and 2.3 style) on the same Gemma hidden states: <= 1e-5;
+- an LTX-2.3-layout transformer (gated attention, cross-attention AdaLN with the prompt modulated by σ) built by
+  ltx-core, its weights renamed to diffusers' keys: diffusers' forward given the pipeline's scaled σ (audio + video)
+  and our video-only stack (prompt AdaLN fed σ·1000, as ltx-core's `timestep_scale_multiplier` does) both
+  <= 1e-5 of ltx-core.
 
 Requires `ltx-core` (installed with `pip install --no-deps ltx-core==1.0.0`; its torchaudio requirement is only for
 the audio VAE, which is not imported here).
@@ -41,7 +45,7 @@ from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, F
 from safetensors.torch import load_file, save_file
 
 from editctrl_core.lora import apply_loras, native_to_diffusers, read_lora
-from editctrl_core.models import load_models
+from editctrl_core.models import load_models, load_preset, strict_load
 from editctrl_core.scd import LTX2Stack
 from editctrl_core.text import TextConditioning
 from editctrl_core.text_encoders import (
@@ -69,6 +73,13 @@ CONFIG = {"transformer": {
     "audio_cross_attention_dim": 16, "audio_positional_embedding_max_pos": [20],
     "av_ca_timestep_scale_multiplier": 1000, "rope_type": "split", "frequencies_precision": "float32",
 }}
+
+
+# the same size with LTX-2.3's blocks (caption projection in the text connectors, not in the transformer)
+CONFIG_23 = {"transformer": {**CONFIG["transformer"], "apply_gated_attention": True, "cross_attention_adaln": True,
+                             "caption_proj_before_connector": True}}
+LAYOUT_23 = dict(gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
+                 perturbed_attn=True, use_prompt_embeddings=False)
 
 
 def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
@@ -257,3 +268,79 @@ def test_text_connectors_match_ltx_core(tmp_path: Path, v2: bool) -> None:
         assert torch.equal(out_mask, want.attention_mask)
         cond = enc.encode([prompt])
         torch.testing.assert_close(cond.embeds, want.video_encoding, rtol=0, atol=TOL)
+
+
+@pytest.fixture(scope="module")
+def ltx23() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """ltx-core's LTX-2.3-layout transformer at the tiny size and the same weights in diffusers' class."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    core = _randomize(LTXModelConfigurator.from_config(CONFIG_23), seed=6).eval()
+    with torch.device("meta"):
+        ours = LTX2VideoTransformer3DModel(**{**load_preset("tiny").transformer, **LAYOUT_23})
+    state = {native_to_diffusers(k): v for k, v in core.state_dict().items()}
+    return core, strict_load(ours, state, what="ltx-core LTX-2.3 weights").eval()
+
+
+def _inputs_23() -> dict[str, torch.Tensor | tuple[int, int, int]]:
+    """The shared inputs with per-modality prompt embeddings (2.3's connectors project video and audio apart)."""
+    inp = _inputs()
+    inp["audio_context"] = torch.randn(1, inp["context"].shape[1], 16, generator=torch.Generator().manual_seed(7))
+    return inp
+
+
+def _core_forward_23(core: torch.nn.Module, ours: torch.nn.Module, inp: dict,
+                     perturbations: BatchedPerturbationConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ltx-core's forward on the 2.3 inputs (audio stream with its own prompt embeddings)."""
+    f, h, w = inp["grid"]
+    n, na = inp["x"].shape[1], inp["audio"].shape[1]
+    video = Modality(latent=inp["x"], sigma=inp["sigma"], timesteps=inp["sigma"].view(1, 1).expand(1, n),
+                     positions=ours.rope.prepare_video_coords(1, f, h, w, CPU, fps=24.0), context=inp["context"],
+                     context_mask=inp["mask"])
+    audio = Modality(latent=inp["audio"], sigma=inp["audio_sigma"],
+                     timesteps=inp["audio_sigma"].view(1, 1).expand(1, na),
+                     positions=ours.audio_rope.prepare_audio_coords(1, na, CPU), context=inp["audio_context"],
+                     context_mask=inp["mask"])
+    with torch.no_grad():
+        return core(video, audio, perturbations or BatchedPerturbationConfig.empty(1))
+
+
+def test_ltx23_diffusers_forward_with_the_pipelines_scaled_sigma_matches_ltx_core(ltx23) -> None:
+    core, ours = ltx23
+    inp = _inputs_23()
+    f, h, w = inp["grid"]
+    n, na = inp["x"].shape[1], inp["audio"].shape[1]
+    core_video, core_audio = _core_forward_23(core, ours, inp)
+    with torch.no_grad():
+        video, audio = ours(hidden_states=inp["x"], audio_hidden_states=inp["audio"],
+                            encoder_hidden_states=inp["context"], audio_encoder_hidden_states=inp["audio_context"],
+                            timestep=inp["sigma"].view(1, 1).expand(1, n) * 1000,
+                            audio_timestep=inp["audio_sigma"].view(1, 1).expand(1, na) * 1000,
+                            sigma=inp["sigma"] * 1000, audio_sigma=inp["audio_sigma"] * 1000,
+                            encoder_attention_mask=inp["mask"], audio_encoder_attention_mask=inp["mask"],
+                            video_coords=ours.rope.prepare_video_coords(1, f, h, w, CPU, fps=24.0),
+                            audio_coords=ours.audio_rope.prepare_audio_coords(1, na, CPU),
+                            use_cross_timestep=True, return_dict=False)
+    assert core_video.abs().max() > 0.1 and core_audio.abs().max() > 0.1
+    torch.testing.assert_close(video, core_video, rtol=0, atol=TOL)
+    torch.testing.assert_close(audio, core_audio, rtol=0, atol=TOL)
+
+
+def test_ltx23_video_only_stack_matches_ltx_core(ltx23) -> None:
+    """Our piecewise stack (as the SCD sampler runs it) feeds the prompt AdaLN σ·1000, as ltx-core does."""
+    core, ours = ltx23
+    inp = _inputs_23()
+    skip = BatchedPerturbationConfig([PerturbationConfig([Perturbation(PerturbationType.SKIP_A2V_CROSS_ATTN, None),
+                                                          Perturbation(PerturbationType.SKIP_V2A_CROSS_ATTN, None)])])
+    core_video, _ = _core_forward_23(core, ours, inp, skip)
+    stack = LTX2Stack(ours)
+    assert stack.prompt_depends_on_sigma
+    n = inp["x"].shape[1]
+    cond = TextConditioning(inp["context"], inp["mask"], audio_embeds=inp["audio_context"])
+    with torch.no_grad():
+        time = stack.time(inp["sigma"].view(1, 1).expand(1, n), inp["sigma"])
+        hidden = stack.run_blocks(ours.proj_in(inp["x"]), 0, stack.num_layers, stack.text(cond), time,
+                                  stack.rope(stack.video_coords(inp["grid"])))
+        video = stack.head(hidden, time.embedded)
+    assert core_video.abs().max() > 0.1
+    torch.testing.assert_close(video, core_video, rtol=0, atol=TOL)

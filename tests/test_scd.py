@@ -1,10 +1,12 @@
 """SCD split over the real diffusers LTX-2 transformer (tiny preset)."""
 
+import pytest
 import torch
+from layout_support import layout_transformer, pipeline_forward, with_audio_embeds
 
 from editctrl_core.models import build_transformer, load_preset
 from editctrl_core.scd import SCDModel, SCDOptions, default_split_layer, shift_one_frame
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.text import TinyTextEncoder, concat_conditionings
 
 GRID = (3, 2, 3)
 
@@ -35,11 +37,33 @@ def test_split_equals_diffusers_full_forward_exactly():
         ours = scd.forward_split(x, sigma, GRID, type(text)(cond, mask))
         audio = torch.zeros(2, 1, preset.transformer["audio_in_channels"])
         ref = model(hidden_states=x, audio_hidden_states=audio, encoder_hidden_states=cond,
-                    audio_encoder_hidden_states=cond, timestep=sigma * 1000, sigma=sigma,
+                    audio_encoder_hidden_states=cond, timestep=sigma * 1000, sigma=sigma * 1000,
                     encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=GRID[0],
                     height=GRID[1], width=GRID[2], audio_num_frames=1, isolate_modalities=True,
                     return_dict=False)[0]
     assert ours.shape == ref.shape
+    assert torch.equal(ours, ref), (ours - ref).abs().max()
+
+
+@pytest.mark.parametrize("layout", ["ltx-2.0", "ltx-2.3", "ltx-2.5"])
+def test_plain_split_equals_diffusers_forward_as_the_pipeline_calls_it(layout):
+    """Split switches off: forward_split equals diffusers' forward given timestep = sigma = σ·1000, as LTX2Pipeline
+    calls it, so every AdaLN (LTX-2.3's prompt AdaLN included) sees the scaled timestep."""
+    preset = load_preset("tiny")
+    model = layout_transformer(layout)
+    enc = TinyTextEncoder(preset)
+    gen = torch.Generator().manual_seed(5)
+    text = concat_conditionings([enc.encode(["a red ball"]), enc.encode([""])])
+    if layout != "ltx-2.0":
+        with_audio_embeds(text, gen)
+    scd = SCDModel(model, SCDOptions(split_layer=preset.split_layer, causal=False, shift=False, concat=False))
+    n = GRID[0] * GRID[1] * GRID[2]
+    x = torch.randn(2, n, preset.transformer["in_channels"], generator=gen)
+    sigma = torch.tensor([0.7, 0.3])
+    with torch.no_grad():
+        ours = scd.forward_split(x, sigma, GRID, text)
+        ref = pipeline_forward(model, x, sigma, text, model.rope.prepare_video_coords(2, *GRID, "cpu", fps=24.0))
+    assert ref.abs().max() > 0.1
     assert torch.equal(ours, ref), (ours - ref).abs().max()
 
 

@@ -46,7 +46,7 @@ class EditCtrlVAEEncode(io.ComfyNode):
             category=CATEGORY,
             description="IMAGE frames + MASK → edit context (source latents, background latents, token mask).",
             inputs=[
-                EditVAE.Input("vae"),
+                EditVAE.Input("vae", tooltip="LTX-2's video VAE (from the model loader)."),
                 io.Image.Input("images", tooltip="Video frames [F,H,W,3], any frame count and size."),
                 io.Mask.Input("mask", tooltip="Edit region [F,H,W] (or one frame for all)."),
                 io.Combo.Input("geometry", options=list(GEOMETRY_MODES), default="pad",
@@ -55,7 +55,8 @@ class EditCtrlVAEEncode(io.ComfyNode):
                                        "own frame count and size come out; strict: refuse them, naming every "
                                        "problem."),
             ],
-            outputs=[EditContextType.Output(display_name="edit_context"),
+            outputs=[EditContextType.Output(display_name="edit_context",
+                                            tooltip="Source and background latents and the token mask."),
                      io.Image.Output(display_name="images", tooltip="The source frames, unchanged (for Composite)."),
                      io.Mask.Output(display_name="mask", tooltip="The mask, one per frame (for Composite).")],
         )
@@ -80,17 +81,20 @@ class EditCtrlSampler(io.ComfyNode):
             node_id="EditCtrlSampler",
             display_name="EditCtrl Edit Sampler",
             category=CATEGORY,
+            description="Denoises only the masked (+dilated) region of the clip following the prompt; everything "
+                        "else stays the source. Shows which mode ran and how many tokens it edited.",
             inputs=[
-                EditModelType.Input("model"),
-                EditContextType.Input("edit_context"),
-                EditConditioning.Input("positive"),
-                EditConditioning.Input("negative", optional=True),
+                EditModelType.Input("model", tooltip="From EditCtrl Load LTX-2 (with any LoRAs/adapters)."),
+                EditContextType.Input("edit_context", tooltip="From EditCtrl Encode Video + Mask."),
+                EditConditioning.Input("positive", tooltip="What the edited region should show."),
+                EditConditioning.Input("negative", optional=True, tooltip="For CFG: what to steer away from."),
                 EditBlend.Input("blend", optional=True,
                                 tooltip="Boundary blending; unconnected = 'renoised' with a 64 px falloff."),
                 EditRegions.Input("regions", optional=True,
                                   tooltip="Extra regions with their own prompts (EditCtrl Region), edited in the "
                                           "same pass; the rest of the edit mask follows 'positive'."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Noise seed (drawn on the CPU: the same edit on every device)."),
                 io.Int.Input("steps", default=30, min=1, max=200, tooltip="Denoising steps (LTX-2: 30; distilled: 8)."),
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance (LTX-2's pipelines: 3.0); needs a negative prompt. "
@@ -126,7 +130,7 @@ class EditCtrlSampler(io.ComfyNode):
                                  tooltip="GPU: fuse the decoder blocks with torch.compile (faster steps, large masks "
                                          "gain most). The first edit of a session compiles for about a minute."),
             ],
-            outputs=[EditLatents.Output(display_name="latents")],
+            outputs=[EditLatents.Output(display_name="latents", tooltip="The edited latents (for EditCtrl Decode).")],
         )
 
     @classmethod
@@ -183,6 +187,7 @@ class EditCtrlBlendSettings(io.ComfyNode):
             node_id="EditCtrlBlendSettings",
             display_name="EditCtrl Blend Settings",
             category=CATEGORY,
+            description="How the edit meets the untouched video at the mask boundary (connect to the sampler).",
             inputs=[
                 io.Combo.Input("mode", options=list(BLEND_MODES), default="renoised",
                                tooltip="renoised: blend against the source re-noised to each step's σ (default); "
@@ -194,7 +199,7 @@ class EditCtrlBlendSettings(io.ComfyNode):
                                tooltip="Share of the steps that use the hard mask before ramping to the soft one."),
                 io.Int.Input("falloff_tokens", default=3, min=0, max=16, tooltip="distance mode: falloff in tokens."),
             ],
-            outputs=[EditBlend.Output(display_name="blend")],
+            outputs=[EditBlend.Output(display_name="blend", tooltip="For the sampler's blend input.")],
         )
 
     @classmethod
@@ -212,12 +217,14 @@ class EditCtrlRegion(io.ComfyNode):
             node_id="EditCtrlRegion",
             display_name="EditCtrl Region Prompt",
             category=CATEGORY,
+            description="Adds a region with its own prompt to a multi-region edit (chain several; connect to the "
+                        "sampler's regions).",
             inputs=[
                 io.Mask.Input("mask", tooltip="Region [F,H,W]; include it in the mask given to EditCtrl Encode."),
-                EditConditioning.Input("conditioning"),
+                EditConditioning.Input("conditioning", tooltip="This region's prompt."),
                 EditRegions.Input("regions", optional=True, tooltip="Earlier regions (later ones win overlaps)."),
             ],
-            outputs=[EditRegions.Output(display_name="regions")],
+            outputs=[EditRegions.Output(display_name="regions", tooltip="For the sampler (or the next Region).")],
         )
 
     @classmethod
@@ -239,9 +246,10 @@ class EditCtrlVAEDecode(io.ComfyNode):
             node_id="EditCtrlVAEDecode",
             display_name="EditCtrl Decode",
             category=CATEGORY,
+            description="Edited latents → frames at the clip's own frame count and size.",
             inputs=[
-                EditVAE.Input("vae"),
-                EditLatents.Input("latents"),
+                EditVAE.Input("vae", tooltip="LTX-2's video VAE (from the model loader)."),
+                EditLatents.Input("latents", tooltip="From EditCtrl Edit Sampler."),
                 io.Combo.Input("region", options=["full", "edit box"], default="full",
                                tooltip="'edit box' decodes only the latent box around the edit grown by the halo "
                                        "and keeps source pixels elsewhere: much faster on long clips, approximate "
@@ -249,7 +257,7 @@ class EditCtrlVAEDecode(io.ComfyNode):
                 io.Int.Input("halo_tokens", default=2, min=0, max=64,
                              tooltip="Edit box mode: latent tokens (32 px) of context decoded around the edit."),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="Decoded frames (composite them into the source).")],
         )
 
     @classmethod
@@ -279,14 +287,16 @@ class EditCtrlComposite(io.ComfyNode):
             node_id="EditCtrlComposite",
             display_name="EditCtrl Composite",
             category=CATEGORY,
+            description="Pastes the edit into the source with a feathered edge: pixels beyond the feather are the "
+                        "source pixels, exactly.",
             inputs=[
-                io.Image.Input("edited"),
-                io.Image.Input("source"),
-                io.Mask.Input("mask"),
+                io.Image.Input("edited", tooltip="From EditCtrl Decode."),
+                io.Image.Input("source", tooltip="The source frames (EditCtrl Encode's images output)."),
+                io.Mask.Input("mask", tooltip="The edit mask (EditCtrl Encode's mask output)."),
                 io.Float.Input("feather_px", default=16.0, min=0.0, max=512.0, step=1.0,
                                tooltip="Soft edge width in pixels, outside the mask."),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="The edited clip.")],
         )
 
     @classmethod

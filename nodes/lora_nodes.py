@@ -33,13 +33,13 @@ class EditCtrlLoraLoader(io.ComfyNode):
             description="Stackable LoRA (ComfyUI-native, diffusers or peft keys). The base model is never modified: "
                         "the stack is applied only while the sampler runs.",
             inputs=[
-                EditModelType.Input("model"),
+                EditModelType.Input("model", tooltip="The EditCtrl model (from the loader or another LoRA/adapter node)."),
                 io.Combo.Input("lora_name", options=_safetensors("loras"),
                                tooltip="A LoRA trained for this base model (e.g. by python -m training.train)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Multiplier of the LoRA's effect; 0 leaves the model unchanged."),
             ],
-            outputs=[EditModelType.Output(display_name="model")],
+            outputs=[EditModelType.Output(display_name="model", tooltip="The same model with this attached.")],
         )
 
     @classmethod
@@ -86,13 +86,13 @@ class EditCtrlAdapterLoader(io.ComfyNode):
             description="Loads adapter files strictly (their metadata must name this base model and SCD split layer) "
                         "and attaches them to a copy of the model; the input model is left as it was.",
             inputs=[
-                EditModelType.Input("model"),
+                EditModelType.Input("model", tooltip="The EditCtrl model (from the loader or another LoRA/adapter node)."),
                 io.Combo.Input("local_adapter", options=options, default=NONE,
                                tooltip="LocalContextModule file (runs on the masked tokens only)."),
                 io.Combo.Input("global_adapter", options=options, default=NONE,
                                tooltip="GlobalContextEmbedder file (summary of the whole masked video)."),
             ],
-            outputs=[EditModelType.Output(display_name="model")],
+            outputs=[EditModelType.Output(display_name="model", tooltip="The same model with this attached.")],
         )
 
     @classmethod

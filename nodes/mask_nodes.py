@@ -16,16 +16,17 @@ class EditCtrlRectMask(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EditCtrlRectMask",
+            description="A rectangular MASK over every frame of a clip: the quickest way to mark an edit region.",
             display_name="EditCtrl Rectangle Mask",
             category=CATEGORY + "/masks",
             inputs=[
-                io.Image.Input("images"),
-                io.Int.Input("x", default=0, min=0, max=16384),
-                io.Int.Input("y", default=0, min=0, max=16384),
-                io.Int.Input("width", default=64, min=1, max=16384),
-                io.Int.Input("height", default=64, min=1, max=16384),
+                io.Image.Input("images", tooltip="The clip [F,H,W,3]: the mask gets its frame count and size."),
+                io.Int.Input("x", default=0, min=0, max=16384, tooltip="Left edge of the rectangle in pixels."),
+                io.Int.Input("y", default=0, min=0, max=16384, tooltip="Top edge of the rectangle in pixels."),
+                io.Int.Input("width", default=64, min=1, max=16384, tooltip="Width in pixels (clipped to the frame)."),
+                io.Int.Input("height", default=64, min=1, max=16384, tooltip="Height in pixels (clipped to the frame)."),
             ],
-            outputs=[io.Mask.Output(display_name="mask")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="1 inside the rectangle, 0 outside, [F,H,W].")],
         )
 
     @classmethod
@@ -45,14 +46,16 @@ class EditCtrlMaskOverlay(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EditCtrlMaskOverlay",
+            description="The clip with the mask painted red on it, to check what will be edited before running.",
             display_name="EditCtrl Mask Overlay",
             category=CATEGORY + "/masks",
             inputs=[
-                io.Image.Input("images"),
-                io.Mask.Input("mask"),
-                io.Float.Input("opacity", default=0.5, min=0.0, max=1.0, step=0.05),
+                io.Image.Input("images", tooltip="The clip [F,H,W,3]."),
+                io.Mask.Input("mask", tooltip="The edit mask [F,H,W] (or one frame for all)."),
+                io.Float.Input("opacity", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="How strongly the red shows over masked pixels."),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="The clip with the red overlay.")],
             is_output_node=True,
         )
 

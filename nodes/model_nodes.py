@@ -14,6 +14,7 @@ from ..editctrl_core.text import TinyTextEncoder
 from . import vram
 from .common import (
     CATEGORY,
+    NO_FILE,
     EditConditioning,
     EditModelType,
     EditVAE,
@@ -38,20 +39,25 @@ class EditCtrlModelLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        sources = list_model_sources()
+        first_real = next((s for s in sources if s != NO_FILE), None)
         return io.Schema(
             node_id="EditCtrlModelLoader",
             display_name="EditCtrl Load LTX-2 (SCD)",
             category=CATEGORY,
             description="Loads LTX-2 and splits it into the SCD encoder (run once per edit) and decoder (every step).",
             inputs=[
-                io.Combo.Input("preset", options=["auto", *list_presets()], default="tiny",
-                               tooltip="Architecture. 'auto' detects it from the file's keys and shapes."),
-                io.Combo.Input("weights", options=list_model_sources(),
+                io.Combo.Input("preset", options=["auto", *list_presets()], default="auto" if first_real else "tiny",
+                               tooltip="Architecture. 'auto' detects it from the file's keys and shapes; 'tiny' is "
+                                       "the built-in CPU demo model."),
+                io.Combo.Input("weights", options=sources, default=first_real or NO_FILE,
                                tooltip="A .safetensors file or diffusers folder from models/checkpoints or "
                                        "models/diffusion_models; '(preset weights)' builds the preset with seeded "
                                        "weights (the tiny demo model)."),
-                io.Combo.Input("dtype", options=["auto", "float32", "bfloat16", "float16"], default="auto"),
-                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto"),
+                io.Combo.Input("dtype", options=["auto", "float32", "bfloat16", "float16"], default="auto",
+                               tooltip="auto: bfloat16 on a GPU that supports it, else float32 (fp8 files stay fp8)."),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto",
+                               tooltip="auto: ComfyUI's device (the GPU when there is one)."),
                 io.Int.Input("split_layer", default=0, min=0, max=256,
                              tooltip="SCD split layer k (encoder = blocks [0,k)). 0 = the default (32 of 48)."),
                 io.Combo.Input("vae_weights", options=[FROM_CHECKPOINT, *list_vae_files()], default=FROM_CHECKPOINT,
@@ -64,7 +70,8 @@ class EditCtrlModelLoader(io.ComfyNode):
                                        "uses). bidirectional: the SCD paper's token concat. A LoRA that names its "
                                        "mode in its metadata switches to it."),
             ],
-            outputs=[EditModelType.Output(display_name="model"), EditVAE.Output(display_name="vae")],
+            outputs=[EditModelType.Output(display_name="model", tooltip="The LTX-2 transformer for the edit sampler."),
+                     EditVAE.Output(display_name="vae", tooltip="LTX-2's video VAE (for Encode and Decode).")],
         )
 
     @classmethod
@@ -104,12 +111,15 @@ class EditCtrlTextEncoderLoader(io.ComfyNode):
             node_id="EditCtrlTextEncoderLoader",
             display_name="EditCtrl Load Text Encoder",
             category=CATEGORY,
+            description="The built-in tiny text encoder (CPU demo and tests); real prompts need EditCtrl Load LTX "
+                        "Text Encoder (Gemma + LTX-2 connectors).",
             inputs=[
                 io.Combo.Input("preset", options=["tiny"], default="tiny",
                                tooltip="'tiny' is the built-in test/demo encoder (a tiny Gemma-3, seeded weights)."),
-                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="cpu"),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="cpu",
+                               tooltip="Where the encoder runs (it is tiny: the CPU is fine)."),
             ],
-            outputs=[TextEncoder.Output(display_name="text_encoder")],
+            outputs=[TextEncoder.Output(display_name="text_encoder", tooltip="For EditCtrl Text Encode.")],
         )
 
     @classmethod
@@ -126,12 +136,14 @@ class EditCtrlTextEncode(io.ComfyNode):
             node_id="EditCtrlTextEncode",
             display_name="EditCtrl Text Encode",
             category=CATEGORY,
+            description="A prompt → conditioning for the edit sampler (describe the result, not an instruction).",
             inputs=[
-                TextEncoder.Input("text_encoder"),
+                TextEncoder.Input("text_encoder", tooltip="From an EditCtrl text-encoder loader."),
                 io.String.Input("text", multiline=True, default="",
                                 tooltip="Describe what the edited region should show (a caption, not a command)."),
             ],
-            outputs=[EditConditioning.Output(display_name="conditioning")],
+            outputs=[EditConditioning.Output(display_name="conditioning",
+                                             tooltip="Prompt embeddings for the sampler's positive/negative.")],
         )
 
     @classmethod

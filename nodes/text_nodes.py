@@ -48,6 +48,11 @@ def list_text_encoder_sources() -> list[str]:
     return [TINY] + _files(TEXT_FOLDER) + _folders(TEXT_FOLDER, ("config.json", "text_encoder/config.json"))
 
 
+def _first_real(choices: list[str], placeholder: str) -> str:
+    """The first choice that is a real file or folder, else the placeholder (the tiny preset / from the encoder)."""
+    return next((c for c in choices if c != placeholder), placeholder)
+
+
 def list_connector_sources() -> list[str]:
     """Where the LTX-2 text connectors come from: the encoder folder, an LTX checkpoint, or a connectors file/folder."""
     choices = [FROM_ENCODER]
@@ -88,7 +93,8 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        """Inputs and outputs of the node."""
+        """Inputs and outputs of the node (defaults: the first real Gemma file and LTX checkpoint found)."""
+        encoders, connectors = list_text_encoder_sources(), list_connector_sources()
         return io.Schema(
             node_id="EditCtrlLTXTextEncoderLoader",
             display_name="EditCtrl Load LTX-2 Text Encoder (Gemma)",
@@ -96,11 +102,11 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
             description="Gemma text model + LTX-2 text connectors -> prompt conditioning for the EditCtrl sampler. "
                         "The connectors ship inside the LTX-2 checkpoint: pick it under 'connectors'.",
             inputs=[
-                io.Combo.Input("text_encoder", options=list_text_encoder_sources(),
+                io.Combo.Input("text_encoder", options=encoders, default=_first_real(encoders, TINY),
                                tooltip="Gemma weights from models/text_encoders: a .safetensors file (ComfyUI's "
                                        "gemma_3_12B_it file embeds its tokenizer) or a transformers/diffusers folder. "
                                        "'(tiny preset)' is the built-in test/demo encoder."),
-                io.Combo.Input("connectors", options=list_connector_sources(),
+                io.Combo.Input("connectors", options=connectors, default=_first_real(connectors, FROM_ENCODER),
                                tooltip="LTX-2 text connectors: the LTX-2 checkpoint (e.g. ltx-2-19b-dev.safetensors), "
                                        "a split connectors file, or a diffusers folder with connectors/. "
                                        "'(from text encoder)' uses the encoder folder's connectors/."),
@@ -121,7 +127,7 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
                              tooltip="Prompt length in tokens (multiple of the connectors' registers); 0 = preset "
                                      "default (1024 for the real models)."),
             ],
-            outputs=[TextEncoder.Output(display_name="text_encoder")],
+            outputs=[TextEncoder.Output(display_name="text_encoder", tooltip="For the EditCtrl Text Encode nodes.")],
         )
 
     @classmethod
@@ -166,15 +172,16 @@ class EditCtrlTextEncodePair(io.ComfyNode):
             node_id="EditCtrlTextEncodePair",
             display_name="EditCtrl Text Encode (positive + negative)",
             category=CATEGORY,
+            description="Both prompts in one pass of the text encoder → positive and negative conditioning.",
             inputs=[
-                TextEncoder.Input("text_encoder"),
+                TextEncoder.Input("text_encoder", tooltip="From an EditCtrl text-encoder loader."),
                 io.String.Input("positive", multiline=True, default="",
                                 tooltip="Describe what the edited region should show (a caption, not a command)."),
                 io.String.Input("negative", multiline=True, default="",
                                 tooltip="What to steer away from (used with cfg > 1)."),
             ],
-            outputs=[EditConditioning.Output(display_name="positive"),
-                     EditConditioning.Output(display_name="negative")],
+            outputs=[EditConditioning.Output(display_name="positive", tooltip="For the sampler's positive input."),
+                     EditConditioning.Output(display_name="negative", tooltip="For the sampler's negative input.")],
         )
 
     @classmethod

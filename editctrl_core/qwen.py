@@ -1,6 +1,8 @@
 """Qwen2.5-VL / Qwen3-VL: loading from a local folder, a seeded `tiny` preset, grounding and TMA hidden states.
 
-Everything loads with ``local_files_only=True``: nothing here ever reaches a model hub. The `tiny` preset uses
+Everything loads with ``local_files_only=True``: nothing here ever reaches a model hub. Weights load only from
+``.safetensors`` (``use_safetensors=True``); a folder with only pickles (``.bin``/``.pt``) is refused with the
+command that converts it, as every other loader of the pack refuses pickles. The `tiny` preset uses
 the real transformers classes with a tiny config, seeded weights and a processor built in code (byte-level BPE
 tokenizer, real Qwen image processor, a Qwen-style chat template), so the full path runs on a CPU in seconds.
 """
@@ -61,8 +63,25 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 class QwenLoadError(RuntimeError):
     """A Qwen-VL folder that cannot be loaded (missing, wrong model type, missing files)."""
+
+
+def safetensors_problem(path: str | Path, model_class: str) -> str | None:
+    """Why a transformers folder cannot be loaded pickle-free (None when it holds .safetensors weights)."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")):
+        return None
+    pickles = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return f"{path} has no .safetensors weights; put the model's *.safetensors files next to its config.json"
+    return (f"{path} has only pickle weights ({', '.join(pickles)}); they are not loaded, because unpickling a file "
+            "can run code (every EditCtrl loader refuses pickles). Convert them to safetensors once, on a machine you "
+            f"trust: python -c \"import transformers as t; t.{model_class}.from_pretrained(r'{path}')"
+            f".save_pretrained(r'{path}')\" (writes model.safetensors), or download the model's safetensors release")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -152,14 +171,14 @@ def _empty_cache() -> None:
 
 
 def folder_fingerprint(path: str | Path) -> str:
-    """Content identity of a model folder: its config plus the names and sizes of its weight files."""
+    """Content identity of a model folder: its config plus the names and sizes of its safetensors weights."""
     path = Path(path)
     h = hashlib.sha256()
     config = path / "config.json"
     if config.is_file():
         h.update(config.read_bytes())
     for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".bin") and f.is_file():
+        if f.suffix == ".safetensors" and f.is_file():
             h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
 
@@ -175,7 +194,10 @@ def read_model_type(path: str | Path) -> str:
 
 def load_qwen_vl(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                  attn_implementation: str | None = None) -> QwenVL:
-    """Load Qwen2.5-VL or Qwen3-VL (chosen by config.json's model_type) and its processor from a local folder."""
+    """Load Qwen2.5-VL or Qwen3-VL (chosen by config.json's model_type) and its processor from a local folder.
+
+    Only .safetensors weights are read; a folder with only pickles is a QwenLoadError that says how to convert.
+    """
     from transformers import AutoProcessor
 
     path = Path(path)
@@ -184,11 +206,15 @@ def load_qwen_vl(path: str | Path, device: str | torch.device = "cpu", dtype: st
     family = read_model_type(path)
     if family not in FAMILIES:
         raise QwenLoadError(f"{path} holds a {family!r} model; supported Qwen-VL types: {FAMILIES}")
+    model_class = _model_class(family)
+    problem = safetensors_problem(path, model_class.__name__)
+    if problem:
+        raise QwenLoadError(problem)
     torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype}
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = _model_class(family).from_pretrained(str(path), **kwargs).eval()
+    model = model_class.from_pretrained(str(path), **kwargs).eval()
     processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
     model.to(device)
     return QwenVL(model, processor, family, path.name, folder_fingerprint(path), _module_device(model), torch_dtype)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .detection import Box
-from .object_masks import ObjectTrack, box_mask
-from .qwen import frame_to_uint8, read_model_type, resolve_dtype
+from .object_masks import MAX_OBJECTS, ObjectTrack, box_mask
+from .qwen import frame_to_uint8, read_model_type, resolve_dtype, safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,10 @@ def family_for(model_type: str, video: bool | None = None) -> str:
 
 def load_sam(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
              video: bool | None = None) -> SamBundle:
-    """Load a SAM / SAM2 / SAM3 checkpoint folder (transformers layout) with `local_files_only=True`."""
+    """Load a SAM / SAM2 / SAM3 checkpoint folder (transformers layout) with `local_files_only=True`.
+
+    Only .safetensors weights are read; a folder with only pickles is a SamLoadError that says how to convert.
+    """
     path = Path(path)
     if not path.is_dir():
         raise SamLoadError(f"SAM folder {path} does not exist")
@@ -136,8 +139,12 @@ def load_sam(path: str | Path, device: str | torch.device = "cpu", dtype: str | 
         raise SamLoadError(str(err)) from err
     family = family_for(model_type, video)
     model_cls, proc_cls = _classes(family)
+    problem = safetensors_problem(path, _classes(family_for(model_type))[0].__name__)
+    if problem:
+        raise SamLoadError(problem)
     torch_dtype = resolve_dtype(dtype, device)
-    model = model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype).eval().to(device)
+    model = model_cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                      dtype=torch_dtype).eval().to(device)
     processor = proc_cls.from_pretrained(str(path), local_files_only=True)
     return SamBundle(model, processor, family, path.name, next(model.parameters()).device, torch_dtype)
 
@@ -392,6 +399,9 @@ def refine_tracks(bundle: SamBundle, frames: Any, boxes: Mapping[int, Sequence[B
     tracks = _tracks_from_boxes(boxes)
     if not tracks:
         raise ValueError("refine needs at least one box prompt")
+    if len(tracks) > MAX_OBJECTS:
+        raise ValueError(f"{len(tracks)} objects would need {len(tracks)} SAM passes and masks of {num_frames} "
+                         f"frames; at most {MAX_OBJECTS} are refined at once: select objects first")
     start = time.perf_counter()
     if bundle.is_video:
         out = _refine_video(bundle, video, tracks, threshold, clip_margin, min_margin_px, fallback_to_box,

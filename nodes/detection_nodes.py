@@ -21,24 +21,29 @@ from comfy_api.latest import io, ui
 from ..editctrl_core import qwen as qwen_core
 from ..editctrl_core import sam as sam_core
 from ..editctrl_core.detection import (
+    ANSWER_EXAMPLE,
     PROMPT_MODES,
+    SAVED_EXAMPLE,
     DetectionParseError,
     Detections,
+    DetectionsFormatError,
+    json_limit_problem,
     parse_grounding_answer,
     to_frame_detections,
 )
 from ..editctrl_core.object_masks import (
+    cap_notice,
+    cap_objects,
     dilate_mask,
     mask_intersect,
     mask_subtract,
     mask_union,
     object_tracks,
-    objects_to_masks,
     preview_detections,
     scale_box,
     select_objects,
     tracks_for,
-    union_masks,
+    union_box_mask,
 )
 from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.tma import (
@@ -49,7 +54,7 @@ from ..editctrl_core.tma import (
     semantic_tokens,
     tiny_tma_config,
 )
-from .common import CATEGORY, EditConditioning, Progress, check_interrupt, pick_device
+from .common import CATEGORY, EditConditioning, Progress, check_interrupt, notice, pick_device
 
 log = logging.getLogger("editctrl")
 
@@ -75,6 +80,10 @@ MASK_OPS = ["none", "union", "intersect", "subtract"]
 FRESH_TMA = "fresh"
 NO_SAM_NOTE = ("no SAM model connected: using the detection boxes as masks "
                "(connect EditCtrl Load SAM for object silhouettes)")
+DETECT = "EditCtrl Detect"
+FROM_JSON = "EditCtrl Detections From JSON"
+SAM_REFINE = "EditCtrl SAM Refine"
+SHOWN_ITEMS = 32
 
 # Models whose weights leave the GPU after each use (chosen on their loader); weak so dropped models are not kept.
 _OFFLOAD_AFTER_USE: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -158,42 +167,66 @@ def check_images(images: torch.Tensor, who: str) -> tuple[int, int, int]:
     return int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
 
 
+def _listing(items: list[str], shown: int = SHOWN_ITEMS) -> str:
+    """Comma-separated items, the first `shown` of them and how many more there are."""
+    more = f", … (+{len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def describe_detections(detections: Detections) -> str:
-    """Human-readable summary: objects, then the boxes on each keyframe."""
+    """Human-readable summary: objects, then the boxes on each keyframe (long lists shortened)."""
     names = [t.name for t in object_tracks(detections)]
-    lines = [f"{detections.count()} detection(s) on keyframes {detections.keyframes} "
-             f"({detections.width}x{detections.height}); objects: {', '.join(names) or 'none'}"]
-    for k in detections.keyframes:
-        items = ", ".join(f"{d.label} [{d.box[0]:.0f}, {d.box[1]:.0f}, {d.box[2]:.0f}, {d.box[3]:.0f}]"
-                          for d in detections.frames[k])
-        lines.append(f"keyframe {k}: {items or 'nothing'}")
+    lines = [f"{detections.count()} detection(s) on keyframes [{_listing([str(k) for k in detections.keyframes])}] "
+             f"({detections.width}x{detections.height}); objects: {_listing(names) or 'none'}"]
+    keys = detections.keyframes
+    for k in keys[:SHOWN_ITEMS]:
+        items = [f"{d.label} [{d.box[0]:.0f}, {d.box[1]:.0f}, {d.box[2]:.0f}, {d.box[3]:.0f}]"
+                 for d in detections.frames[k]]
+        lines.append(f"keyframe {k}: {_listing(items) or 'nothing'}")
+    if len(keys) > SHOWN_ITEMS:
+        lines.append(f"… (+{len(keys) - SHOWN_ITEMS} more keyframes)")
     return "\n".join(lines)
 
 
-def detections_ui(images: torch.Tensor, detections: Detections, text: str,
-                  node: type[io.ComfyNode]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The labelled-box preview [K,H,W,3] and a UI dict that shows it with the summary text."""
+def shown_text(node: str, summary: str, notes: list[str]) -> ui.PreviewText:
+    """The node's UI text: the summary, then each notice as a 'warning:' line (notices are also logged)."""
+    extra = notice(node, [f"warning: {n}" for n in notes])
+    return ui.PreviewText(summary if extra is None else f"{summary}\n{extra.value}")
+
+
+def detections_ui(images: torch.Tensor, detections: Detections, node: type[io.ComfyNode], name: str,
+                  notes: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The labelled-box preview [K,H,W,3] and a UI dict that shows it with the summary and the notices."""
     preview = preview_detections(images, detections)
     shown = ui.PreviewImage(preview, cls=node).as_dict()
-    shown["text"] = (text,)
+    shown.update(shown_text(name, describe_detections(detections), notes).as_dict())
     return preview, shown
 
 
-def object_masks_for(detections: Detections, images: torch.Tensor, select_by: str, selection: str,
-                     who: str) -> dict[str, torch.Tensor]:
-    """Box masks [F,H,W] of the selected objects by name; errors name the available objects."""
-    frames, height, width = check_images(images, who)
+def capped(detections: Detections, notes: list[str]) -> Detections:
+    """The detections cut to MAX_OBJECTS objects; a notice joins `notes` when some were dropped."""
+    kept, dropped = cap_objects(detections)
+    if dropped:
+        notes.append(cap_notice(len(object_tracks(kept)), dropped))
+    return kept
+
+
+def selected_objects(detections: Detections, images: torch.Tensor, select_by: str, selection: str,
+                     who: str) -> list[str]:
+    """Names of the selected objects (no mask is drawn yet); errors name the available objects."""
+    frames, _, _ = check_images(images, who)
     if detections.count() == 0:
         raise ValueError(f"{who}: no objects were detected on keyframes {detections.keyframes}, so there is nothing "
                          "to select; check the detection preview (other prompt, more keyframes) or give boxes with "
                          "EditCtrl Detections From JSON")
     try:
-        masks = objects_to_masks(detections, frames, height, width)
+        detections.check_clip(frames)
     except ValueError as err:
         raise ValueError(f"{who}: {err}; connect the same video the detections were made on") from err
-    names = list(masks)
+    tracks = {t.name: t for t in object_tracks(detections)}
+    names = list(tracks)
     if select_by == "all":
-        return masks
+        return names
     if select_by not in SELECT_BY:
         raise ValueError(f"{who}: select_by must be one of {SELECT_BY}; got {select_by!r}")
     items = [s.strip() for s in re.split(r"[,;\n]", selection) if s.strip()]
@@ -202,19 +235,19 @@ def object_masks_for(detections: Detections, images: torch.Tensor, select_by: st
                          f"Available objects: {names}")
     try:
         if select_by == "label":
-            chosen = select_objects(masks, labels=items)
+            chosen = select_objects(tracks, labels=items)
         elif select_by == "index":
             try:
                 indices = [int(s) for part in items for s in part.split()]
             except ValueError as err:
                 raise ValueError(f"{who}: index selection {selection!r} must be numbers like '0, 2'; "
                                  f"available objects (in index order): {names}") from err
-            chosen = select_objects(masks, indices=indices)
+            chosen = select_objects(tracks, indices=indices)
         else:
-            chosen = select_objects(masks, text=selection)
+            chosen = select_objects(tracks, text=selection)
     except (KeyError, IndexError) as err:
         raise ValueError(f"{who}: {err.args[0]}") from err
-    return chosen
+    return list(chosen)
 
 
 class EditCtrlQwenVLLoader(io.ComfyNode):
@@ -298,7 +331,7 @@ class EditCtrlDetectObjects(io.ComfyNode):
                 keyframe_count: int, keyframe_indices: str, max_new_tokens: int,
                 on_parse_error: str) -> io.NodeOutput:
         """Detect keyframe by keyframe (progress per keyframe), then map, clamp and merge boxes."""
-        frames, height, width = check_images(images, "EditCtrl Detect")
+        frames, height, width = check_images(images, DETECT)
         keys = choose_keyframes(keyframe_count, keyframe_indices, frames)
         cats = [c.strip() for c in categories.split(",") if c.strip()]
         qwen_core.grounding_prompt(qwen.family, prompt_mode, cats, text)  # validates the prompt inputs up front
@@ -313,46 +346,59 @@ class EditCtrlDetectObjects(io.ComfyNode):
                     warnings.simplefilter("always")
                     one = qwen_core.detect(qwen, images, [k], prompt_mode, cats, text, max_new_tokens, batch_size=1,
                                            on_error="skip" if on_parse_error == "skip keyframe" else "raise")
-                for w in caught:
-                    notes.append(str(w.message))
-                    log.warning("EditCtrl Detect: %s", w.message)
+                notes += [str(w.message) for w in caught]
                 result.frames.update(one.frames)
                 result.raw.update(one.raw)
                 progress(i + 1, len(keys))
         except DetectionParseError as err:
-            raise ValueError(f"EditCtrl Detect: {err}. The answer holds no grounding JSON: raise max_new_tokens if it "
+            raise ValueError(f"{DETECT}: {err}. The answer holds no grounding JSON: raise max_new_tokens if it "
                              "was cut off, try prompt_mode 'categories', or set on_parse_error to 'skip keyframe'. "
                              "(The tiny presets have random weights and never answer sensibly; give boxes with "
                              "EditCtrl Detections From JSON instead.)") from err
         finally:
             release(qwen)
         elapsed = time.perf_counter() - start
-        log.info("EditCtrl Detect: %d keyframe(s) in %.2fs with %s", len(keys), elapsed, qwen.name)
-        summary = describe_detections(result)
-        if notes:
-            summary += "\n" + "\n".join(f"warning: {n}" for n in notes)
-        preview, shown = detections_ui(images, result, summary, cls)
+        log.info("%s: %d keyframe(s) in %.2fs with %s", DETECT, len(keys), elapsed, qwen.name)
+        result = capped(result, notes)
+        preview, shown = detections_ui(images, result, cls, DETECT, notes)
         answers = json.dumps({str(k): v for k, v in sorted(result.raw.items())})
         return io.NodeOutput(result, preview, answers, ui=shown)
 
 
 def answers_by_keyframe(answer: str, keyframes: str, frames: int) -> dict[int, str] | Detections:
-    """Split user JSON into per-keyframe answers, or read it as a saved DETECTIONS value."""
+    """Split user JSON into per-keyframe answers, or read it as a saved DETECTIONS value (an object with 'frames').
+
+    The text's size and nesting are checked before any JSON parser reads it.
+    """
+    problem = json_limit_problem(answer)
+    if problem:
+        raise ValueError(f"{FROM_JSON}: {problem}. Write a grounding answer like {ANSWER_EXAMPLE}, an answer per "
+                         'keyframe like {"0": ' + ANSWER_EXAMPLE + "}, or a saved detections value")
     try:
         value = json.loads(answer)
     except ValueError:
         value = None
-    if isinstance(value, dict) and "frames" in value and "width" in value and "height" in value:
+    if isinstance(value, dict) and "frames" in value:
         try:
             return Detections.from_dict(value)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"EditCtrl Detections From JSON: the saved detections are malformed ({err})") from err
+        except DetectionsFormatError as err:
+            raise ValueError(f"{FROM_JSON}: the saved detections are malformed: {err}") from err
     if isinstance(value, dict) and value and all(re.fullmatch(r"-?\d+", str(k).strip()) for k in value):
-        return {frame_index(int(k), frames): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        split: dict[int, str] = {}
+        for key, v in value.items():
+            try:
+                k = frame_index(int(key), frames)
+            except ValueError as err:
+                raise ValueError(f"{FROM_JSON}: answer key {key!r}: {err}; write keys like "
+                                 '{"0": ' + ANSWER_EXAMPLE + "}") from err
+            if k in split:
+                raise ValueError(f"{FROM_JSON}: answer keys name frame {k} twice (negative keys count from the end); "
+                                 "give each keyframe one answer")
+            split[k] = v if isinstance(v, str) else json.dumps(v)
+        return split
     keys = parse_keyframes(keyframes, frames)
     if not keys:
-        raise ValueError("EditCtrl Detections From JSON: keyframes is empty; write the frame(s) the boxes belong to, "
-                         "e.g. '0'")
+        raise ValueError(f"{FROM_JSON}: keyframes is empty; write the frame(s) the boxes belong to, e.g. '0'")
     return {k: answer for k in keys}
 
 
@@ -386,28 +432,35 @@ class EditCtrlDetectionsFromJSON(io.ComfyNode):
     @classmethod
     def execute(cls, images: torch.Tensor, answer: str, coordinates: str, keyframes: str) -> io.NodeOutput:
         """Parse each keyframe's answer and map it to frame pixels (clamped, degenerate dropped, duplicates merged)."""
-        frames, height, width = check_images(images, "EditCtrl Detections From JSON")
+        frames, height, width = check_images(images, FROM_JSON)
         if coordinates not in COORDINATES:
-            raise ValueError(f"coordinates must be one of {list(COORDINATES)}; got {coordinates!r}")
+            raise ValueError(f"{FROM_JSON}: coordinates must be one of {list(COORDINATES)}; got {coordinates!r}")
         family, grid, patch = COORDINATES[coordinates]
         split = answers_by_keyframe(answer, keyframes, frames)
+        notes: list[str] = []
         if isinstance(split, Detections):
             result = split
-            for k in result.keyframes:
-                frame_index(k, frames)
+            try:
+                result.check_clip(frames)
+            except ValueError as err:
+                raise ValueError(f"{FROM_JSON}: {err}; connect the video the detections were made on, or number the "
+                                 f"saved keyframes within the clip. A saved value looks like {SAVED_EXAMPLE}") from err
         else:
             result = Detections(width=width, height=height, num_frames=frames, family=family)
-            for k, text in sorted(split.items()):
-                try:
-                    parsed = parse_grounding_answer(text)
-                except DetectionParseError as err:
-                    raise ValueError(f"EditCtrl Detections From JSON: keyframe {k}: {err}. Write a JSON list like "
-                                     "[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"cup\"}]") from err
-                result.frames[k] = to_frame_detections(parsed, family, width, height,
-                                                       grid_thw=grid or (1, height, width), patch_size=patch)
-                result.raw[k] = text
-        summary = describe_detections(result)
-        preview, shown = detections_ui(images, result, summary, cls)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                for k, text in sorted(split.items()):
+                    try:
+                        parsed = parse_grounding_answer(text)
+                    except DetectionParseError as err:
+                        example = "" if ANSWER_EXAMPLE in err.reason else f". Write a JSON list like {ANSWER_EXAMPLE}"
+                        raise ValueError(f"{FROM_JSON}: keyframe {k}: {err}{example}") from err
+                    result.frames[k] = to_frame_detections(parsed, family, width, height,
+                                                           grid_thw=grid or (1, height, width), patch_size=patch)
+                    result.raw[k] = text
+            notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        result = capped(result, notes)
+        preview, shown = detections_ui(images, result, cls, FROM_JSON, notes)
         return io.NodeOutput(result, preview, ui=shown)
 
 
@@ -436,11 +489,12 @@ class EditCtrlSelectObjects(io.ComfyNode):
     @classmethod
     def execute(cls, detections: Detections, images: torch.Tensor, select_by: str, selection: str) -> io.NodeOutput:
         """Union of the selected objects' box masks (boxes interpolated between keyframes, held outside them)."""
-        chosen = object_masks_for(detections, images, select_by, selection, "EditCtrl Select")
-        names = list(chosen)
+        names = selected_objects(detections, images, select_by, selection, "EditCtrl Select")
+        frames, height, width = check_images(images, "EditCtrl Select")
         summary = f"selected {len(names)} object(s): {', '.join(names)}"
         log.info("EditCtrl Select: %s", summary)
-        return io.NodeOutput(union_masks(chosen), ", ".join(names), ui=ui.PreviewText(summary))
+        mask = union_box_mask(detections, frames, height, width, names)
+        return io.NodeOutput(mask, ", ".join(names), ui=ui.PreviewText(summary))
 
 
 class EditCtrlSAMLoader(io.ComfyNode):
@@ -521,13 +575,12 @@ class EditCtrlSAMRefine(io.ComfyNode):
     def execute(cls, images: torch.Tensor, detections: Detections, select_by: str, selection: str, clip_to_box: bool,
                 box_margin: float, threshold: float, sam: sam_core.SamBundle | None = None) -> io.NodeOutput:
         """One SAM pass per selected object (progress per object); the union of the silhouettes."""
-        chosen = object_masks_for(detections, images, select_by, selection, "EditCtrl SAM Refine")
-        names = list(chosen)
+        names = selected_objects(detections, images, select_by, selection, SAM_REFINE)
+        frames, height, width = check_images(images, SAM_REFINE)
         if sam is None:
-            log.warning("EditCtrl SAM Refine: %s", NO_SAM_NOTE)
             info = f"{NO_SAM_NOTE}; objects: {', '.join(names)}"
-            return io.NodeOutput(union_masks(chosen), info, ui=ui.PreviewText(info))
-        frames, height, width = check_images(images, "EditCtrl SAM Refine")
+            mask = union_box_mask(detections, frames, height, width, names)
+            return io.NodeOutput(mask, info, ui=notice(SAM_REFINE, [info]))
         sx, sy = width / detections.width, height / detections.height
         margin = box_margin if clip_to_box else None
         progress = Progress(len(names))
@@ -543,17 +596,16 @@ class EditCtrlSAMRefine(io.ComfyNode):
                     mask = sam_core.refine(sam, images, boxes, threshold=threshold, clip_margin=margin,
                                            track_clip_margin=margin)
                 notes += [f"{track.name}: {w.message}" for w in caught]
-                result = torch.maximum(result, mask.to(result.dtype))
+                torch.maximum(result, mask.to(result.dtype), out=result)
                 progress(i + 1, len(names))
         finally:
             release(sam)
         elapsed = time.perf_counter() - start
-        info = (f"SAM {sam.family} ({sam.name}) refined {len(names)} object(s) over {frames} frames in "
-                f"{elapsed:.2f}s: {', '.join(names)}")
-        if notes:
-            info += "\n" + "\n".join(f"warning: {n}" for n in notes)
-        log.info("EditCtrl SAM Refine: %s", info)
-        return io.NodeOutput(result, info, ui=ui.PreviewText(info))
+        summary = (f"SAM {sam.family} ({sam.name}) refined {len(names)} object(s) over {frames} frames in "
+                   f"{elapsed:.2f}s: {', '.join(names)}")
+        log.info("%s: %s", SAM_REFINE, summary)
+        shown = shown_text(SAM_REFINE, summary, notes)
+        return io.NodeOutput(result, shown.value, ui=shown)
 
 
 def match_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from editctrl_core.detection import (
     Detection,
     DetectionParseError,
     Detections,
+    DetectionsDroppedWarning,
     DetectionTruncatedWarning,
     box_iou,
     clamp_box,
@@ -160,7 +161,8 @@ def test_to_frame_detections_clamps_orders_and_drops_degenerate() -> None:
     """Boxes are corner-ordered, clamped to the frame; zero-area and sub-pixel boxes are dropped."""
     raw = [Detection("a", (-50, -10, 2000, 300)), Detection("b", (300, 200, 100, 50)),
            Detection("c", (10, 10, 10, 90)), Detection("d", (5000, 10, 6000, 20)), Detection("e", (20, 20, 20.5, 80))]
-    out = to_frame_detections(raw, "qwen3_vl", 1000, 500, merge_iou=None)
+    with pytest.warns(DetectionsDroppedWarning, match=r"left out 3 box\(es\).*1000x500 frame, e.g. 'c'"):
+        out = to_frame_detections(raw, "qwen3_vl", 1000, 500, merge_iou=None)
     assert [(d.label, d.box) for d in out] == [("a", (0.0, 0.0, 1000.0, 150.0)), ("b", (100.0, 25.0, 300.0, 100.0))]
     assert clamp_box((-1, 5, 7, 900), 100, 100) == (0.0, 5.0, 7.0, 100.0)
     with pytest.raises(ValueError, match="image_grid_thw"):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from comfy_server import ComfyServer
+from comfy_server import ComfyServer, PromptRejected
 from PIL import Image
 
 from editctrl_core.blend import feather_mask
@@ -206,8 +206,12 @@ def test_sam_and_qwen_load_from_model_folders(comfy_server: ComfyServer, demo_cl
 
     bad = _subset(wf, ["1", "2", "40", "41"])
     bad["40"]["inputs"]["model"] = "../LLM/tiny-qwen-folder"
-    message = _error_message(comfy_server.run(bad, timeout=300, check=False))
-    assert "not a folder name inside models/LLM" in message
+    if comfy_server.version_info >= (0, 8):  # ComfyUI 0.8 checks combo values when the prompt is queued
+        with pytest.raises(PromptRejected, match="Value not in list: model: '../LLM/tiny-qwen-folder'"):
+            comfy_server.run(bad, timeout=300, check=False)
+    else:
+        message = _error_message(comfy_server.run(bad, timeout=300, check=False))
+        assert "not a folder name inside models/LLM" in message
 
 
 def test_unparseable_model_answer_shows_the_text(comfy_server: ComfyServer, demo_clip: Path) -> None:
@@ -293,3 +297,120 @@ def test_tma_reuses_cached_qwen_hidden_states(comfy_server: ComfyServer, demo_cl
     wf["13"]["inputs"]["task"] = 5
     message = _error_message(comfy_server.run(wf, timeout=300, check=False))
     assert "task 5" in message and "2 task(s)" in message
+
+
+def _peak_rss_reset(pid: int) -> int | None:
+    """Reset a process's peak RSS and return its current RSS in bytes (None where the kernel does not allow it)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return _status_bytes(pid, "VmRSS")
+    except OSError:
+        return None
+
+
+def _status_bytes(pid: int, key: str) -> int:
+    """One memory line of /proc/<pid>/status, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def test_ten_thousand_boxes_are_capped_and_said(comfy_server: ComfyServer, demo_clip: Path) -> None:
+    """10,000 boxes: the JSON node keeps 256 objects and says so; the masks are their union; memory stays flat."""
+    corners = [(x, y) for x in range(100) for y in range(100)]
+    wf = _subset(_workflow(), ["1", "2", "7", "8", "10"])
+    del wf["10"]["inputs"]["sam"]
+    wf["7"]["inputs"].update(keyframes="0, 24", answer=json.dumps(
+        [{"bbox_2d": [x, y, x + 4, y + 4], "label": "disc"} for x, y in corners]))
+    _save_mask(wf, "31", ["10", 0], "detect/many_nosam")
+    _save_mask(wf, "32", ["8", 0], "detect/many_select")
+    pid = comfy_server.proc.pid
+    before = _peak_rss_reset(pid)
+    result = comfy_server.run(wf, timeout=600, check=False)
+    assert result.error is None, result.error
+    history = result.history
+
+    text = _ui_text(history, "7")
+    assert "warning: kept 256 of 10000 objects (at most 256" in text, text[:2000]
+    assert "dropped 9744: disc#257, disc#258," in text and "prompt_mode" in text
+    assert "20000 detection(s)" not in text and "2048 detection(s)" not in text and "512 detection(s)" in text
+    assert _ui_text(history, "10").startswith("no SAM model connected: using the detection boxes as masks")
+    assert "kept 256 of 10000 objects" in comfy_server.log_text()
+
+    # the leftmost 256 boxes (by centre, then top to bottom): x = 0 and 1 for every y, x = 2 for y < 56
+    expected = torch.zeros(25, 128, 192)
+    for x, y in sorted(corners)[:256]:
+        expected[:, y:y + 4, x:x + 4] = 1
+    assert torch.equal(_mask_frames(comfy_server, history, "32"), expected)
+    assert torch.equal(_mask_frames(comfy_server, history, "31"), expected)
+    if before is None:
+        print("\nserver peak RSS not measured: /proc/<pid>/clear_refs is not writable here")
+        return
+    growth = (_status_bytes(pid, "VmHWM") - before) / 2**20
+    per_object = 25 * 128 * 192 * 4 / 2**20
+    print(f"\nserver peak RSS grew {growth:.0f} MiB over the 10,000-box prompt (one mask: {per_object:.1f} MiB; "
+          f"a mask per object before selection: {10000 * per_object / 1024:.0f} GiB)")
+    assert growth < 512, "the server's memory must not grow with the number of boxes"
+
+
+def _from_json(answer: str, keyframes: str = "0", sam: bool = False) -> dict[str, Any]:
+    """Load Video → Detections From JSON (→ SAM Refine with the tiny SAM) with this answer."""
+    wf = _subset(_workflow(), ["1", "2", "7", "9", "10"] if sam else ["1", "2", "7"])
+    wf["7"]["inputs"].update(answer=answer, keyframes=keyframes)
+    return wf
+
+
+SAVED = {"width": 192, "height": 128, "num_frames": 25, "family": "qwen2_5_vl",
+         "frames": {"0": [{"label": "disc", "box": [49.0, 39.0, 95.0, 85.0], "score": None}]}}
+
+
+def _saved_text(frames: dict[str, Any] | None = None, **changes: Any) -> str:
+    """A saved detections value as JSON text, with top-level keys (or the frames) replaced."""
+    return json.dumps({**SAVED, **changes, "frames": SAVED["frames"] if frames is None else frames})
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    (_saved_text(width=0), "the saved detections are malformed: 'width' is 0; write a whole number >= 1"),
+    (_saved_text(frames={"0": [{"label": "disc", "box": [49, 39, 95, float("nan")], "score": None}]}),
+     "keyframe 0, detection 0 ('disc') has box [49, 39, 95, NaN] with a value that is not a finite number"),
+    (_saved_text(frames={"0": [{"label": "disc", "box": [95, 39, 49, 85], "score": None}]}),
+     "of size -46 x 46; boxes need x2 > x1 and y2 > y1"),
+    (_saved_text(frames={"30": []}, num_frames=None), "keyframe 30 but the clip has only 25 frames"),
+    ("[" * 5_000_000, "the text is 5,000,000 characters long; at most 1,000,000 are read"),
+    ("[" * 20_000 + "]" * 20_000, "the JSON nests more than 32 levels deep"),
+    ('[{"bbox_2d": [49, 39, 95, NaN], "label": "disc"}]',
+     "keyframe 0: item 'disc': \"bbox_2d\" is [49, 39, 95, NaN], which holds a value that is not a finite number"),
+])
+def test_malformed_json_gets_the_nodes_message(comfy_server: ComfyServer, demo_clip: Path, answer: str,
+                                               says: str) -> None:
+    """Each malformed input stops at the JSON node with its message and an example of the right form."""
+    result = comfy_server.run(_from_json(answer), timeout=300, check=False)
+    message = _error_message(result)
+    assert result.error["data"]["node_id"] == "7", result.error["data"]
+    assert message.startswith("EditCtrl Detections From JSON: ") and says in message, message[:1000]
+    assert '"bbox_2d": [120, 80, 260, 240]' in message or '"box": [120, 80, 260, 240]' in message
+    assert "RecursionError" not in result.error["data"]["exception_type"]
+
+
+def test_negative_keyframe_stops_at_the_json_node_and_the_server_goes_on(comfy_server: ComfyServer,
+                                                                       demo_clip: Path) -> None:
+    """Keyframe -3 used to pass and fail as an IndexError in SAM Refine; now the JSON node refuses it, and the next
+    good prompt runs."""
+    bad = _from_json(_saved_text(frames={"-3": SAVED["frames"]["0"]}), sam=True)
+    _save_mask(bad, "31", ["10", 0], "detect/negative_keyframe")
+    result = comfy_server.run(bad, timeout=300, check=False)
+    message = _error_message(result)
+    assert result.error["data"]["node_id"] == "7" and result.error["data"]["exception_type"].endswith("ValueError")
+    assert "keyframe -3; keyframes count from 0 (the first frame)" in message and '"frames": {"0": [' in message
+
+    good = _from_json(_saved_text(frames={"3": [{"label": "disc", "box": [50.0, 40.0, 96.0, 86.0], "score": None}]}),
+                      sam=True)
+    _save_mask(good, "31", ["10", 0], "detect/after_errors")
+    result = comfy_server.run(good, timeout=300, check=False)
+    assert result.error is None, result.error
+    mask = _mask_frames(comfy_server, result.history, "31")
+    assert mask.shape == (25, 128, 192) and float(mask[3].sum()) > 0
+    box = objects_to_masks(Detections(192, 128, {3: [Detection("disc", (50.0, 40.0, 96.0, 86.0))]}), 25, 128,
+                           192)["disc"]
+    assert float((mask * (1 - dilate_mask(box, 6))).max()) == 0.0

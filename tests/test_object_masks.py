@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from editctrl_core.checks import NonFiniteError
 from editctrl_core.detection import Detection, Detections
 from editctrl_core.masks import pixel_mask_to_token_mask
 from editctrl_core.object_masks import (
+    MAX_OBJECTS,
     box_mask,
+    cap_notice,
+    cap_objects,
     dilate_mask,
     erode_mask,
     keyframe_boxes,
@@ -20,6 +26,7 @@ from editctrl_core.object_masks import (
     preview_detections,
     select_objects,
     tracks_for,
+    union_box_mask,
     union_masks,
 )
 
@@ -132,3 +139,81 @@ def test_preview_draws_outlines_on_keyframes_only() -> None:
     assert single.shape == (1, 32, 64, 3)
     assert torch.allclose(single[0, 29, 30], torch.tensor([255, 64, 64]) / 255.0)
     assert single[0, 26, 50].sum() == 0 and single[0, 1, 30].sum() == 0
+
+
+def _compare_oracle(box: tuple[float, float, float, float], height: int, width: int) -> torch.Tensor:
+    """Pixel j is covered when j + 1 > x1 and j < x2 (compared on a float32 pixel grid), written out directly."""
+    xs = torch.arange(width, dtype=torch.float32)
+    ys = torch.arange(height, dtype=torch.float32)
+    cols = (xs + 1 > box[0]) & (xs < box[2])
+    rows = (ys + 1 > box[1]) & (ys < box[3])
+    return (rows[:, None] & cols[None, :]).float()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(*[st.floats(min_value=-1e6, max_value=1e6) | st.integers(-3, 40).map(float)
+                   | st.integers(0, 40).map(lambda v: v - 1e-9) | st.integers(0, 40).map(lambda v: v + 1e-7)] * 4))
+def test_box_mask_fills_exactly_the_pixels_the_comparison_covers(box: tuple[float, float, float, float]) -> None:
+    """Filling the box's pixel span gives the same mask as comparing every pixel edge, for any edges."""
+    assert torch.equal(box_mask(box, 24, 32), _compare_oracle(box, 24, 32))
+
+
+def test_box_mask_refuses_non_finite_edges() -> None:
+    """A NaN or infinite edge is a clear error, not an empty or full mask."""
+    with pytest.raises(NonFiniteError, match="box coordinate is nan"):
+        box_mask((float("nan"), 0, 4, 4), 8, 8)
+    with pytest.raises(NonFiniteError, match="inf"):
+        box_mask((0, 0, float("inf"), 4), 8, 8)
+
+
+def test_union_box_mask_equals_the_union_of_the_object_masks() -> None:
+    """The one-mask union equals the union of per-object masks, for all objects and for a selection."""
+    for shape in ((9, 32, 64), (9, 64, 128), (12, 20, 30)):
+        masks = objects_to_masks(_clip(), *shape)
+        assert torch.equal(union_box_mask(_clip(), *shape), union_masks(masks))
+        assert torch.equal(union_box_mask(_clip(), *shape, names=["cup", "person#1"]),
+                           mask_union(masks["cup"], masks["person#1"]))
+    only = objects_to_masks(_clip(), 9, 32, 64, names=["cup"])
+    assert list(only) == ["cup"] and torch.equal(only["cup"], objects_to_masks(_clip(), 9, 32, 64)["cup"])
+    with pytest.raises(ValueError, match="keyframe 8 but the clip has only 5 frames"):
+        union_box_mask(_clip(), 5, 32, 64)
+    with pytest.raises(KeyError, match="available"):
+        union_box_mask(_clip(), 9, 32, 64, names=["dog"])
+
+
+def _many(count: int, labels: tuple[str, ...] = ("disc",)) -> Detections:
+    """`count` 2x2 boxes per label on keyframes 0 and 4, one per column, the same boxes on both keyframes."""
+    frames = {k: [Detection(label, (float(i % 60), float(i // 60), i % 60 + 2.0, i // 60 + 2.0))
+                  for label in labels for i in range(count)] for k in (0, 4)}
+    return Detections(64, 64, frames, num_frames=5)
+
+
+def test_objects_to_masks_refuses_more_than_max_objects() -> None:
+    """Per-object masks for more than MAX_OBJECTS objects are refused with their memory cost, before any is drawn."""
+    many = _many(MAX_OBJECTS + 1)
+    with pytest.raises(ValueError, match=rf"{MAX_OBJECTS + 1} objects would need {MAX_OBJECTS + 1} masks of 5x64x64 "
+                                         r"\(0\.0 GiB\); at most 256"):
+        objects_to_masks(many, 5, 64, 64)
+    assert len(objects_to_masks(many, 5, 64, 64, names=["disc#1", "disc#257"])) == 2
+
+
+def test_cap_objects_keeps_each_labels_leftmost_objects_in_turn() -> None:
+    """Over the cap, labels take turns keeping their leftmost objects; kept objects keep their names and boxes."""
+    dets = _many(300, labels=("disc", "cup"))
+    dets.frames[4].append(Detection("star", (60.0, 60.0, 62.0, 62.0)))
+    before = {t.name: t.boxes for t in object_tracks(dets)}
+    capped, dropped = cap_objects(dets)
+    tracks = object_tracks(capped)
+    names = [t.name for t in tracks]
+    assert len(tracks) == MAX_OBJECTS and len(dropped) == 601 - MAX_OBJECTS
+    # rank 0 of disc, cup and star, then ranks 1.. of disc and cup in turn: 128 discs, 127 cups and the star
+    assert names == [f"disc#{n}" for n in range(1, 129)] + [f"cup#{n}" for n in range(1, 128)] + ["star"]
+    assert all(t.boxes == before[t.name] for t in tracks), "a kept object keeps its identity and boxes"
+    assert dropped[:2] == ["disc#129", "disc#130"] and dropped[-1] == "cup#300" and "star" not in dropped
+    assert capped.raw == dets.raw and capped.num_frames == 5 and dets.count() == 1201
+    same, none = cap_objects(capped)
+    assert same is capped and none == []
+    note = cap_notice(MAX_OBJECTS, dropped)
+    assert note.startswith(f"kept {MAX_OBJECTS} of 601 objects (at most {MAX_OBJECTS}")
+    assert f"dropped {len(dropped)}: {dropped[0]}," in note and "(+" in note and "prompt_mode" in note
+    assert cap_notice(3, []) == ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from transformers import LogitsProcessor
 from editctrl_core.detection import DetectionParseError, DetectionTruncatedWarning, parse_grounding_answer
 from editctrl_core.qwen import (
     HiddenStateCache,
+    QwenLoadError,
     QwenVL,
     batch_hidden_states,
     detect,
@@ -174,4 +178,33 @@ def test_load_from_local_folder_matches_and_unload(qwen25: QwenVL, frames: torch
         hidden_states(loaded, frames, "x", use_cache=False)
     (folder / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(RuntimeError, match="llama"):
+        load_qwen_vl(folder)
+
+
+def test_pickle_only_folder_is_refused_with_the_conversion(qwen25: QwenVL, frames: torch.Tensor,
+                                                           tmp_path: Path) -> None:
+    """A Qwen folder with only pytorch_model.bin is refused unread; the command in the message makes it loadable."""
+    folder = tmp_path / "Qwen2.5-VL-pickled"
+    folder.mkdir()
+    qwen25.model.config.save_pretrained(folder)
+    qwen25.model.generation_config.save_pretrained(folder)
+    qwen25.processor.save_pretrained(folder)
+    torch.save(qwen25.model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(QwenLoadError) as info:
+        load_qwen_vl(folder, dtype="float32")
+    message = str(info.value)
+    assert "only pickle weights (pytorch_model.bin)" in message and "unpickling a file can run code" in message
+    command = re.search(r'python -c "(.*?)"', message).group(1)
+    assert "Qwen2_5_VLForConditionalGeneration.from_pretrained" in command
+    subprocess.run([sys.executable, "-c", command], check=True, capture_output=True, timeout=300)
+    loaded = load_qwen_vl(folder, dtype="float32")
+    ours = hidden_states(qwen25, frames, "x", use_cache=False)
+    assert torch.allclose(hidden_states(loaded, frames, "x", use_cache=False), ours, atol=1e-5)
+
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 a broken pickle that torch.load would choke on")
+    again = load_qwen_vl(folder, dtype="float32")
+    assert torch.allclose(hidden_states(again, frames, "x", use_cache=False), ours, atol=1e-5)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").rename(folder / "weights.pt")
+    with pytest.raises(QwenLoadError, match=r"only pickle weights \(weights\.pt\)"):
         load_qwen_vl(folder)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -12,7 +15,16 @@ import pytest
 import torch
 
 from editctrl_core.object_masks import box_mask, dilate_mask
-from editctrl_core.sam import SAM_FAMILIES, load_sam, refine, refine_tracks, tiny_sam, warp_to_box
+from editctrl_core.sam import (
+    SAM_FAMILIES,
+    SamBundle,
+    SamLoadError,
+    load_sam,
+    refine,
+    refine_tracks,
+    tiny_sam,
+    warp_to_box,
+)
 
 FRAMES, HEIGHT, WIDTH = 5, 48, 64
 BOXES = {0: [(10.0, 8.0, 40.0, 30.0), (44.0, 20.0, 60.0, 44.0)], 4: [(14.0, 12.0, 44.0, 34.0), None]}
@@ -119,3 +131,50 @@ def test_video_checkpoint_loads_from_folder(family: str, clip: torch.Tensor, tmp
     loaded.unload()
     with pytest.raises(RuntimeError, match="unloaded"):
         refine(loaded, clip, boxes)
+
+
+def _pickle_only_folder(bundle: SamBundle, folder: Path) -> Path:
+    """A SAM folder as older releases ship it: config, processor and a pickled `pytorch_model.bin`, no safetensors."""
+    folder.mkdir(parents=True)
+    bundle.model.config.save_pretrained(folder)
+    bundle.processor.save_pretrained(folder)
+    torch.save(bundle.model.state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize(("family", "weights"), [("sam2_video", "pytorch_model.bin"), ("sam", "model.pt")])
+def test_pickle_only_folders_are_refused_with_the_conversion(family: str, weights: str, clip: torch.Tensor,
+                                                              tmp_path: Path) -> None:
+    """A folder with only pickle weights is refused (never unpickled); the command in the message converts it."""
+    bundle = tiny_sam(family, seed=2)
+    folder = _pickle_only_folder(bundle, tmp_path / family)
+    (folder / "pytorch_model.bin").rename(folder / weights)
+    with pytest.raises(SamLoadError) as info:
+        load_sam(folder, dtype="float32")
+    message = str(info.value)
+    assert f"only pickle weights ({weights})" in message and "unpickling a file can run code" in message
+    assert "model.safetensors" in message and not list(folder.glob("*.safetensors"))
+    if weights != "pytorch_model.bin":
+        return
+    command = re.search(r'python -c "(.*?)"', message).group(1)
+    assert "Sam2VideoModel" in command, "the conversion keeps the video (memory) weights of a video checkpoint"
+    subprocess.run([sys.executable, "-c", command], check=True, capture_output=True, timeout=300)
+    assert (folder / "model.safetensors").is_file()
+    loaded = load_sam(folder, dtype="float32")
+    assert loaded.is_video
+    assert torch.equal(refine(loaded, clip, {2: [BOXES[0][0]]}), refine(bundle, clip, {2: [BOXES[0][0]]}))
+
+
+def test_safetensors_are_read_and_a_pickle_beside_them_is_not(clip: torch.Tensor, tmp_path: Path) -> None:
+    """With model.safetensors present a broken .bin next to it is never opened; no weights at all is named too."""
+    bundle = tiny_sam("sam", seed=3)
+    folder = tmp_path / "sam"
+    bundle.model.save_pretrained(folder)
+    bundle.processor.save_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 not a pickle that torch.load could read")
+    loaded = load_sam(folder, dtype="float32")
+    assert torch.equal(refine(loaded, clip, {0: [BOXES[0][0]]}), refine(bundle, clip, {0: [BOXES[0][0]]}))
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(SamLoadError, match=r"has no \.safetensors weights; put the model's \*\.safetensors files"):
+        load_sam(folder)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a venv with pinned torch + the pack's requirements, a real ComfyUI with this pack linked in.
+# Idempotent set-up: a venv with pinned torch + the pack's requirements, a real ComfyUI with this pack linked in,
+# and (when ../shared/vendor has it) ComfyUI 0.8.0 in its own venv for the end-to-end tests on a second version.
 # Re-runs are cheap: each step is skipped when its stamp matches its inputs.
 set -euo pipefail
 
@@ -72,6 +73,63 @@ if [ "$(readlink "$LINK" 2>/dev/null)" != "$ROOT" ]; then
   ln -s "$ROOT" "$LINK"
 fi
 
-mkdir -p "$CACHE"
-printf 'COMFY=%q\nVENV=%q\n' "$COMFY" "$VENV" > "$CACHE/env.sh"
-log "ready: ComfyUI at $COMFY, venv at $VENV"
+# 4. A second, newer ComfyUI for the end-to-end tests: 0.8.0 (native LTX-2) from ../shared/vendor, in its own venv.
+#    Skipped with a printed reason when the tarball is absent or EDITCTRL_SKIP_COMFY08=1; the reason is written to
+#    $COMFY08_STATUS, where tests/conftest.py reads it to skip the 0.8.0 server parameter with the same reason.
+COMFY08_TARBALL="${EDITCTRL_COMFY08_TARBALL:-$ROOT/../shared/vendor/comfyui-0.8.0.tar.gz}"
+COMFY08_SHA256="32e369a1b05adf89b4b0a134125c86a3560716f227517c47a529df820f58e2d6"
+COMFY08="$CACHE/comfyui-0.8.0"
+VENV08="$CACHE/venv-0.8.0"
+COMFY08_STATUS="$CACHE/comfyui-0.8.0.status"
+setup_comfy08() {
+  if [ "${EDITCTRL_SKIP_COMFY08:-0}" = "1" ]; then
+    echo "skipped: EDITCTRL_SKIP_COMFY08=1" > "$COMFY08_STATUS"; log "ComfyUI 0.8.0 skipped: EDITCTRL_SKIP_COMFY08=1"; return 0
+  fi
+  if [ ! -f "$COMFY08_TARBALL" ]; then
+    echo "skipped: no $COMFY08_TARBALL (../shared/vendor is absent)" > "$COMFY08_STATUS"
+    log "ComfyUI 0.8.0 skipped: $COMFY08_TARBALL not found"; return 0
+  fi
+  # the tree, unpacked once per tarball checksum
+  if [ "$(cat "$COMFY08/.editctrl-tree-stamp" 2>/dev/null)" != "$COMFY08_SHA256" ]; then
+    log "unpacking ComfyUI 0.8.0 from $COMFY08_TARBALL"
+    echo "$COMFY08_SHA256  $COMFY08_TARBALL" | sha256sum -c --quiet - \
+      || { log "sha256 mismatch for $COMFY08_TARBALL (want $COMFY08_SHA256)"; return 1; }
+    rm -rf "$COMFY08" "$COMFY08.tmp"
+    mkdir -p "$COMFY08.tmp"
+    tar xzf "$COMFY08_TARBALL" -C "$COMFY08.tmp" || { log "could not unpack $COMFY08_TARBALL"; return 1; }
+    [ -f "$COMFY08.tmp/main.py" ] || { log "$COMFY08_TARBALL has no main.py at its top"; return 1; }
+    echo "$COMFY08_SHA256" > "$COMFY08.tmp/.editctrl-tree-stamp"
+    mv "$COMFY08.tmp" "$COMFY08" || return 1
+  fi
+  # its venv: pinned torch, its requirements minus torch*, requests (imported, not listed), the pack's requirements
+  local req="$CACHE/requirements-0.8.0.all.txt"
+  { grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$|^#|^$' "$COMFY08/requirements.txt"
+    echo requests
+    grep -vE '^#|^$' "$ROOT/requirements.txt"; } > "$req"
+  local want
+  want="$(cat "$req" | sha256sum | cut -c1-16)-${TORCH_PINS[*]// /_}-$COMFY08_SHA256"
+  [ -x "$VENV08/bin/python" ] || { log "creating venv at $VENV08"; "$PY" -m venv "$VENV08" || return 1; }
+  if [ "$(cat "$VENV08/.editctrl-stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing ${TORCH_PINS[*]} and ComfyUI 0.8.0's requirements into $VENV08 (first run: a few minutes)"
+    "$VENV08/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV08/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" -r "$req" 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV08/bin/python" -c "import torch, torchvision, comfy_kitchen, comfyui_frontend_package, diffusers, transformers, peft, av, requests" \
+      || { log "ComfyUI 0.8.0 install incomplete: see pip output above"; return 1; }
+    echo "$want" > "$VENV08/.editctrl-stamp"
+  fi
+  local link="$COMFY08/custom_nodes/ComfyUI-EditCtrl"
+  if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
+    rm -rf "$link"
+    ln -s "$ROOT" "$link"
+  fi
+  echo "ready" > "$COMFY08_STATUS"
+}
+# one set-up at a time on this cache (two test runs starting together must not install into one venv at once)
+exec 9>"$CACHE/.comfyui-0.8.0.lock"
+command -v flock >/dev/null 2>&1 && flock 9
+setup_comfy08 || { echo "failed: scripts/setup.sh could not prepare ComfyUI 0.8.0 (see its output)" > "$COMFY08_STATUS"; exit 1; }
+
+exec 9>&-
+
+printf 'COMFY=%q\nVENV=%q\nCOMFY08=%q\nVENV08=%q\n' "$COMFY" "$VENV" "$COMFY08" "$VENV08" > "$CACHE/env.sh"
+log "ready: ComfyUI at $COMFY, venv at $VENV; ComfyUI 0.8.0: $(cat "$COMFY08_STATUS")"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then run the test suite against a real ComfyUI: `bash scripts/test.sh [pytest args]`.
+# The end-to-end tests run on every ComfyUI version setup.sh prepared (0.3.75, and 0.8.0 when ../shared/vendor has
+# it; otherwise its tests are skipped with the reason); EDITCTRL_COMFY_VERSIONS=0.3.75 limits them to the ones named.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

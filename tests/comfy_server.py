@@ -17,6 +17,7 @@ import atexit
 import json
 import mimetypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -100,6 +101,32 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def comfyui_version(comfy_dir: str | os.PathLike) -> str | None:
+    """The version a ComfyUI tree declares (`__version__` in comfyui_version.py, else pyproject.toml), or None."""
+    root = Path(comfy_dir)
+    for name, pattern in (("comfyui_version.py", r"""^__version__\s*=\s*["']([^"']+)["']"""),
+                          ("pyproject.toml", r"""^version\s*=\s*["']([^"']+)["']""")):
+        try:
+            text = (root / name).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        m = re.search(pattern, text, flags=re.MULTILINE)
+        if m:
+            return m.group(1)
+    return None
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """`"0.8.0"` -> (0, 8, 0); the leading digits of each dotted part, up to the first without any; () for None."""
+    parts: list[int] = []
+    for part in (version or "").split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        parts.append(int(m.group(0)))
+    return tuple(parts)
 
 
 def write_model_paths_yaml(
@@ -295,12 +322,18 @@ class ComfyServer:
         startup_timeout: float = 120.0,
         input_dir: str | os.PathLike | None = None,
         output_dir: str | os.PathLike | None = None,
+        version: str | None = None,
     ) -> None:
-        """Lay out folders under `base_dir`; nothing starts until `start()` (or `with`)."""
+        """Lay out folders under `base_dir`; nothing starts until `start()` (or `with`).
+
+        `version` defaults to the one the ComfyUI tree declares; tests whose expectations differ between
+        ComfyUI versions branch on `server.version` / `server.version_info`.
+        """
         self.base_dir = Path(base_dir).resolve()
         self.comfy_dir = Path(comfy_dir).resolve()
         if not (self.comfy_dir / "main.py").is_file():
             raise FileNotFoundError(f"no ComfyUI at {self.comfy_dir} (run scripts/setup.sh first)")
+        self.version: str | None = version or comfyui_version(self.comfy_dir)
         self.port = port or free_port()
         # absolute but not symlink-resolved: a venv's python must keep its own path
         self.python = os.path.abspath(python) if os.sep in str(python) else str(python)
@@ -321,6 +354,11 @@ class ComfyServer:
         self.http = requests.Session()
         self.http.trust_env = False  # never route 127.0.0.1 through an environment proxy
         self._log_file: Any = None
+
+    @property
+    def version_info(self) -> tuple[int, ...]:
+        """`version` as a tuple of ints, e.g. (0, 8, 0), for comparisons like `server.version_info >= (0, 8)`."""
+        return version_tuple(self.version)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @property

@@ -11,7 +11,7 @@ model, keys or shapes raises `adapters.AdapterLoadError` naming it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError
+from .text import TextConditioning
 
 ADAPTER_KIND = "tma"
 
@@ -158,6 +159,17 @@ def prepend_semantic_tokens(text_embeds: torch.Tensor, text_mask: torch.Tensor,
     tokens = tokens.to(device=text_embeds.device, dtype=text_embeds.dtype)
     ones = torch.ones(batch, tokens.shape[1], dtype=text_mask.dtype, device=text_mask.device)
     return torch.cat([tokens, text_embeds], dim=1), torch.cat([ones, text_mask], dim=1)
+
+
+def with_semantic_tokens(cond: TextConditioning, tokens: torch.Tensor) -> TextConditioning:
+    """`cond` with `tokens` [B|1,Q,D] prepended to its video prompt, every other field kept: the audio prompt of
+    LTX-2.3/2.5 (own width) gets Q zero tokens in front so it stays aligned with the extended mask."""
+    embeds, mask = prepend_semantic_tokens(cond.embeds, cond.mask, tokens)
+    audio = cond.audio_embeds
+    if audio is not None:
+        pad = audio.new_zeros(audio.shape[0], embeds.shape[1] - audio.shape[1], audio.shape[2])
+        audio = torch.cat([pad, audio], dim=1)
+    return replace(cond, embeds=embeds, mask=mask, audio_embeds=audio)
 
 
 def save_tma(connector: TMAConnector, path: str | Path, base_model: str = "") -> None:

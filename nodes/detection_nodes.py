@@ -50,9 +50,9 @@ from ..editctrl_core.tma import (
     TMAConfig,
     build_tma,
     load_tma,
-    prepend_semantic_tokens,
     semantic_tokens,
     tiny_tma_config,
+    with_semantic_tokens,
 )
 from .common import CATEGORY, EditConditioning, Progress, check_interrupt, notice, pick_device
 
@@ -267,11 +267,11 @@ class EditCtrlQwenVLLoader(io.ComfyNode):
                                        "Qwen2.5-VL-7B-Instruct), or a tiny preset with random weights for tests."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="'auto' = bfloat16 on a GPU that supports it, else float32."),
-                io.Combo.Input("device", options=DEVICES, default="auto"),
+                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="auto: ComfyUI's device (the GPU when there is one)."),
                 io.Boolean.Input("offload_after_use", default=True,
                                  tooltip="Move the weights to the CPU after each use, freeing GPU memory for LTX-2."),
             ],
-            outputs=[QwenType.Output(display_name="qwen")],
+            outputs=[QwenType.Output(display_name="qwen", tooltip="For Detect Objects and TMA Tokens.")],
         )
 
     @classmethod
@@ -302,7 +302,7 @@ class EditCtrlDetectObjects(io.ComfyNode):
             category=CATEGORY + "/objects",
             description="Runs Qwen-VL's official grounding prompt on keyframes and parses the JSON boxes.",
             inputs=[
-                QwenType.Input("qwen"),
+                QwenType.Input("qwen", tooltip="From EditCtrl Load Qwen-VL."),
                 io.Image.Input("images", tooltip="The video frames [F,H,W,3]; only the keyframes are sent to Qwen."),
                 io.Combo.Input("prompt_mode", options=list(PROMPT_MODES), default="all",
                                tooltip="all: every object; categories: the listed categories; text: a description."),
@@ -320,9 +320,11 @@ class EditCtrlDetectObjects(io.ComfyNode):
                                tooltip="What to do when an answer holds no grounding JSON: stop with the model's "
                                        "text, or leave that keyframe empty and go on."),
             ],
-            outputs=[DetectionsType.Output(display_name="detections"),
-                     io.Image.Output(display_name="preview"),
-                     io.String.Output(display_name="answers")],
+            outputs=[DetectionsType.Output(display_name="detections", tooltip="Labelled boxes per keyframe."),
+                     io.Image.Output(display_name="preview", tooltip="The keyframes with the labelled boxes drawn."),
+                     io.String.Output(display_name="answers",
+                                      tooltip="Qwen's raw answers as JSON (save them; Detections from JSON reads them "
+                                              "back).")],
             is_output_node=True,
         )
 
@@ -425,7 +427,8 @@ class EditCtrlDetectionsFromJSON(io.ComfyNode):
                 io.String.Input("keyframes", default="0",
                                 tooltip="Keyframe(s) a single answer applies to, e.g. '0' or '0, 24'."),
             ],
-            outputs=[DetectionsType.Output(display_name="detections"), io.Image.Output(display_name="preview")],
+            outputs=[DetectionsType.Output(display_name="detections", tooltip="Labelled boxes per keyframe."),
+                     io.Image.Output(display_name="preview", tooltip="The keyframes with the labelled boxes drawn.")],
             is_output_node=True,
         )
 
@@ -474,8 +477,9 @@ class EditCtrlSelectObjects(io.ComfyNode):
             node_id="EditCtrlSelectObjects",
             display_name="EditCtrl Select Objects",
             category=CATEGORY + "/objects",
+            description="Picks detected objects by label, index or phrase and turns their boxes into a MASK.",
             inputs=[
-                DetectionsType.Input("detections"),
+                DetectionsType.Input("detections", tooltip="From Detect Objects or Detections from JSON."),
                 io.Image.Input("images", tooltip="The video the mask is made for (its frame count and size)."),
                 io.Combo.Input("select_by", options=SELECT_BY, default="label",
                                tooltip="label: exact names ('person' also picks 'person#2'); index: positions in the "
@@ -483,7 +487,8 @@ class EditCtrlSelectObjects(io.ComfyNode):
                 io.String.Input("selection", default="",
                                 tooltip="Comma-separated labels or indices, or a phrase for text mode."),
             ],
-            outputs=[io.Mask.Output(display_name="mask"), io.String.Output(display_name="selected")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The selected objects' boxes [F,H,W]."),
+                     io.String.Output(display_name="selected", tooltip="The names of the selected objects.")],
         )
 
     @classmethod
@@ -507,6 +512,7 @@ class EditCtrlSAMLoader(io.ComfyNode):
             node_id="EditCtrlSAMLoader",
             display_name="EditCtrl Load SAM",
             category=CATEGORY + "/objects",
+            description="SAM / SAM2 / SAM3 (safetensors folders under models/sams) for SAM Refine.",
             inputs=[
                 io.Combo.Input("model", options=[*TINY_SAM, *model_folders(SAM_FOLDER)], default="tiny-sam2_video",
                                tooltip="A SAM, SAM2 or SAM3 folder under models/sams (transformers layout, e.g. "
@@ -515,12 +521,13 @@ class EditCtrlSAMLoader(io.ComfyNode):
                                tooltip="video: propagate masks through every frame (SAM2/SAM3); image: segment "
                                        "keyframes and move the silhouette with the box; auto: video when the "
                                        "checkpoint has a video model. Tiny presets name their mode."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto"),
-                io.Combo.Input("device", options=DEVICES, default="auto"),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="'auto' = bfloat16 on a GPU that supports it, else float32."),
+                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="auto: ComfyUI's device (the GPU when there is one)."),
                 io.Boolean.Input("offload_after_use", default=True,
                                  tooltip="Move the weights to the CPU after each use."),
             ],
-            outputs=[SamType.Output(display_name="sam")],
+            outputs=[SamType.Output(display_name="sam", tooltip="For EditCtrl SAM Refine.")],
         )
 
     @classmethod
@@ -552,12 +559,15 @@ class EditCtrlSAMRefine(io.ComfyNode):
             node_id="EditCtrlSAMRefine",
             display_name="EditCtrl SAM Refine",
             category=CATEGORY + "/objects",
+            description="Turns the selected objects' boxes into silhouettes with SAM, propagated over the clip "
+                        "(box masks when no SAM is connected, and the node says so).",
             inputs=[
-                io.Image.Input("images"),
-                DetectionsType.Input("detections"),
+                io.Image.Input("images", tooltip="The video the detections were made on [F,H,W,3]."),
+                DetectionsType.Input("detections", tooltip="From Detect Objects, Detections from JSON or the picker."),
                 io.Combo.Input("select_by", options=SELECT_BY, default="label",
                                tooltip="As in EditCtrl Select Objects."),
-                io.String.Input("selection", default=""),
+                io.String.Input("selection", default="",
+                                tooltip="Comma-separated labels or indices, or a phrase for text mode."),
                 SamType.Input("sam", optional=True,
                               tooltip="Unconnected: the box masks are used (and the node says so)."),
                 io.Boolean.Input("clip_to_box", default=True,
@@ -568,7 +578,8 @@ class EditCtrlSAMRefine(io.ComfyNode):
                 io.Float.Input("threshold", default=0.0, min=-20.0, max=20.0, step=0.1,
                                tooltip="SAM mask-logit threshold; higher gives tighter silhouettes."),
             ],
-            outputs=[io.Mask.Output(display_name="mask"), io.String.Output(display_name="info")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The silhouettes [F,H,W] (0..1)."),
+                     io.String.Output(display_name="info", tooltip="What was segmented, and how.")],
         )
 
     @classmethod
@@ -632,16 +643,17 @@ class EditCtrlMaskOps(io.ComfyNode):
             node_id="EditCtrlMaskOps",
             display_name="EditCtrl Mask Ops",
             category=CATEGORY + "/masks",
+            description="Union, intersection or difference of two masks, grown or shrunk in pixels.",
             inputs=[
-                io.Mask.Input("mask_a"),
+                io.Mask.Input("mask_a", tooltip="The first mask [F,H,W]."),
                 io.Combo.Input("operation", options=MASK_OPS, default="none",
                                tooltip="none: only grow/shrink mask_a; union: a or b; intersect: a and b; "
                                        "subtract: a without b."),
                 io.Int.Input("grow_px", default=0, min=-512, max=512,
                              tooltip="Grow (positive) or shrink (negative) the result by this many pixels."),
-                io.Mask.Input("mask_b", optional=True),
+                io.Mask.Input("mask_b", optional=True, tooltip="The second mask (for union/intersect/subtract)."),
             ],
-            outputs=[io.Mask.Output(display_name="mask")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The resulting mask.")],
         )
 
     @classmethod
@@ -701,9 +713,9 @@ class EditCtrlTMATokens(io.ComfyNode):
             description="Qwen-VL hidden states over K evenly spaced frames + editing template + caption, pooled by "
                         "learnable queries into tokens prepended to the text context (mask extended).",
             inputs=[
-                EditConditioning.Input("conditioning"),
-                QwenType.Input("qwen"),
-                io.Image.Input("images"),
+                EditConditioning.Input("conditioning", tooltip="The prompt conditioning to extend."),
+                QwenType.Input("qwen", tooltip="From EditCtrl Load Qwen-VL."),
+                io.Image.Input("images", tooltip="The source video [F,H,W,3]."),
                 io.String.Input("caption", multiline=True, default="",
                                 tooltip="What the edited video shows; empty = the conditioning's prompt."),
                 io.Combo.Input("tma_weights", options=[FRESH_TMA, *tma_files()], default=FRESH_TMA,
@@ -713,7 +725,8 @@ class EditCtrlTMATokens(io.ComfyNode):
                 io.Int.Input("task", default=0, min=0, max=64, tooltip="Meta-query task id."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Initialisation of a fresh connector."),
             ],
-            outputs=[EditConditioning.Output(display_name="conditioning")],
+            outputs=[EditConditioning.Output(display_name="conditioning",
+                                             tooltip="The conditioning with the semantic tokens in front.")],
         )
 
     @classmethod
@@ -739,12 +752,11 @@ class EditCtrlTMATokens(io.ComfyNode):
             release(qwen)
         source = "cached" if cache.hits > hits else "computed"
         tokens = semantic_tokens(connector, states, None, task)
-        embeds, mask = prepend_semantic_tokens(conditioning.embeds, conditioning.mask, tokens)
+        out = with_semantic_tokens(conditioning, tokens)
         info = (f"{tokens.shape[1]} semantic tokens from {what}; Qwen hidden states {source} "
                 f"({states.shape[1]} x {states.shape[2]}); conditioning {conditioning.embeds.shape[1]} -> "
-                f"{embeds.shape[1]} tokens")
-        log.info("EditCtrl TMA: %s", info)
-        return io.NodeOutput(TextConditioning(embeds, mask, conditioning.prompt), ui=ui.PreviewText(info))
+                f"{out.embeds.shape[1]} tokens")
+        return io.NodeOutput(out, ui=notice("EditCtrl TMA", [info]))
 
 
 NODES = [EditCtrlQwenVLLoader, EditCtrlDetectObjects, EditCtrlDetectionsFromJSON, EditCtrlSelectObjects,

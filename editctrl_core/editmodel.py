@@ -9,9 +9,12 @@ from pathlib import Path
 
 import torch
 
+from .context import EditContext
 from .lora import LoraFile, apply_loras
 from .models import Preset
 from .scd import PREFIX_MODES, SCDModel
+from .text import TextConditioning
+from .text_encoders import check_text_width
 
 log = logging.getLogger("editctrl")
 EDIT_MODES = ("auto", "scd", "training_free", "full")
@@ -80,6 +83,28 @@ class EditModel:
                              "decoder. Choose mode scd (or auto), or remove that LoRA (ordinary LoRAs such as "
                              "IC-LoRAs work in every mode)")
         return requested, f"{requested} as chosen"
+
+    def check_inputs(self, ctx: EditContext, conditionings: dict[str, TextConditioning | None]) -> None:
+        """Refuse an edit context or prompts that do not fit this model, naming the input and what to do: latent
+        channels, and per layout the prompt width (caption_channels on 2.0; the transformer width on 2.3/2.5) and the
+        audio prompt width."""
+        config = self.scd.transformer.config
+        channels = config["in_channels"]
+        if ctx.source_latents.shape[1] != channels:
+            raise ValueError(f"edit context has {ctx.source_latents.shape[1]} latent channels but the model takes "
+                             f"{channels}; encode with this model's VAE")
+        audio_width = config["audio_cross_attention_dim"]
+        for name, cond in conditionings.items():
+            if cond is None:
+                continue
+            try:
+                check_text_width(cond, config)
+            except ValueError as exc:
+                raise ValueError(f"{name} conditioning: {exc}") from exc
+            audio = cond.audio_embeds
+            if audio is not None and not config["use_prompt_embeddings"] and audio.shape[-1] != audio_width:
+                raise ValueError(f"{name} conditioning: the audio prompt embeddings are {audio.shape[-1]} wide but "
+                                 f"the model expects {audio_width}: load the text encoder of the same LTX-2 version")
 
     def lora_patch(self) -> contextlib.AbstractContextManager:
         """Context in which the LoRA stack is active on the transformer (hooks removed on exit, bit-exact)."""

@@ -142,16 +142,8 @@ class EditCtrlSampler(io.ComfyNode):
                 sigmas: torch.Tensor | None = None) -> io.NodeOutput:
         chosen, why = model.resolve_mode(mode)
         notes = [f"mode {chosen}: {why}"]
-        caption = model.preset.transformer["caption_channels"]
-        region_conds = [(f"region {i + 1}", r.prompt) for i, r in enumerate(regions or [])]
-        for name, cond in [("positive", positive), ("negative", negative), *region_conds]:
-            if cond is not None and cond.embeds.shape[-1] != caption:
-                raise ValueError(f"{name} conditioning is {cond.embeds.shape[-1]} wide but {model.preset.name} "
-                                 f"expects {caption}; use the text encoder that belongs to this model")
-        channels = model.preset.transformer["in_channels"]
-        if edit_context.source_latents.shape[1] != channels:
-            raise ValueError(f"edit context has {edit_context.source_latents.shape[1]} latent channels but the model "
-                             f"takes {channels}; encode with this model's VAE")
+        model.check_inputs(edit_context, {"positive": positive, "negative": negative,
+                                          **{f"region {i + 1}": r.prompt for i, r in enumerate(regions or [])}})
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames,
                                    compile=compile and model.device.type == "cuda", mode=chosen,

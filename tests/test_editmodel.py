@@ -1,0 +1,77 @@
+"""The edit entry point's input checks per layout: LTX-2.0 prompts are caption_channels wide, 2.3/2.5 prompts the
+transformer width (no caption projection) with their own audio prompt — each accepted on its layout and refused on
+the other with a message naming the input; then the edit itself runs on the 2.3 layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import LTX2VideoTransformer3DModel
+from layout_support import PRESET, layout_transformer
+
+from editctrl_core.context import prepare_edit
+from editctrl_core.editmodel import EditModel
+from editctrl_core.models import build_vae
+from editctrl_core.sampler import SamplerSettings, sample_edit
+from editctrl_core.scd import SCDModel, SCDOptions
+from editctrl_core.text import TextConditioning
+
+CAPTION = 48  # LTX-2.0's caption projection input, chosen unlike the tiny width (32) so the layouts differ
+
+
+def _model(layout: str) -> EditModel:
+    if layout == "ltx-2.0":
+        torch.manual_seed(0)
+        transformer = LTX2VideoTransformer3DModel(**{**PRESET.transformer, "caption_channels": CAPTION}).eval()
+    else:
+        transformer = layout_transformer(layout)
+    return EditModel(SCDModel(transformer, SCDOptions(split_layer=PRESET.split_layer)), PRESET, "memory")
+
+
+def _prompt(width: int, audio_width: int | None = None, tokens: int = 6) -> TextConditioning:
+    gen = torch.Generator().manual_seed(width)
+    audio = None if audio_width is None else torch.randn(1, tokens, audio_width, generator=gen)
+    return TextConditioning(torch.randn(1, tokens, width, generator=gen), torch.ones(1, tokens), "p", audio)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    frames, mask = torch.rand(9, 64, 96, 3), torch.zeros(9, 64, 96)
+    mask[:, :32, :32] = 1
+    return prepare_edit(build_vae(PRESET), frames, mask)
+
+
+def test_each_layout_takes_its_own_prompt_width_and_refuses_the_other(ctx):
+    t = PRESET.transformer
+    inner, caption, audio = t["num_attention_heads"] * t["attention_head_dim"], CAPTION, t["audio_cross_attention_dim"]
+    v20, v23 = _model("ltx-2.0"), _model("ltx-2.3")
+    v20.check_inputs(ctx, {"positive": _prompt(caption)})
+    v23.check_inputs(ctx, {"positive": _prompt(inner, audio), "negative": None})
+    with pytest.raises(ValueError, match=f"positive conditioning: the prompt embeddings are {inner} wide but the "
+                                         f"model expects {caption}"):
+        v20.check_inputs(ctx, {"positive": _prompt(inner)})
+    with pytest.raises(ValueError, match=f"region 1 conditioning: the prompt embeddings are {caption} wide"):
+        v23.check_inputs(ctx, {"positive": _prompt(inner, audio), "region 1": _prompt(caption, audio)})
+    with pytest.raises(ValueError, match=f"negative conditioning: the audio prompt embeddings are {audio + 1} wide"):
+        v23.check_inputs(ctx, {"negative": _prompt(inner, audio + 1)})
+
+
+def test_latent_channels_are_checked(ctx):
+    bad = prepare_edit(build_vae(PRESET), torch.rand(9, 64, 64, 3), torch.ones(9, 64, 64))
+    bad.source_latents = bad.source_latents[:, :-1]
+    with pytest.raises(ValueError, match="latent channels but the model takes"):
+        _model("ltx-2.0").check_inputs(bad, {})
+
+
+@pytest.mark.parametrize("mode", ["training_free", "full", "scd"])
+def test_a_2_3_layout_edit_runs_with_a_2_3_prompt(ctx, mode):
+    t = PRESET.transformer
+    model = _model("ltx-2.3")
+    prompt = _prompt(t["num_attention_heads"] * t["attention_head_dim"], t["audio_cross_attention_dim"])
+    negative = _prompt(t["num_attention_heads"] * t["attention_head_dim"], t["audio_cross_attention_dim"], 4)
+    model.check_inputs(ctx, {"positive": prompt, "negative": negative})
+    result = sample_edit(model.scd, ctx, prompt, negative, SamplerSettings(steps=2, mode=mode))
+    inside = result.edit_tokens[None, None].expand_as(ctx.source_latents)
+    assert torch.isfinite(result.latents).all()
+    assert torch.equal(result.latents[~inside], ctx.source_latents[~inside])
+    assert not torch.allclose(result.latents[inside], ctx.source_latents[inside])

@@ -103,7 +103,18 @@ class Server:
             self._follow(ws, prompt_id, label)
         finally:
             ws.close()
-        return self.http.get(f"{self.address}/history/{prompt_id}", timeout=self.timeout).json()[prompt_id]
+        return self._history(prompt_id)
+
+    def _history(self, prompt_id: str) -> dict[str, Any]:
+        """The prompt's /history entry; the server stores it just after announcing the end, so wait for it."""
+        deadline = time.monotonic() + min(self.timeout, 60.0)
+        while True:
+            entry = self.http.get(f"{self.address}/history/{prompt_id}", timeout=self.timeout).json().get(prompt_id)
+            if entry is not None:
+                return entry
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server finished prompt {prompt_id} but has no history for it")
+            time.sleep(0.1)
 
     def _follow(self, ws: websocket.WebSocket, prompt_id: str, label: str) -> None:
         last = -1

@@ -73,9 +73,19 @@ def test_text_encoder_registered_then_released_by_free(comfy_server: ComfyServer
     assert _wait_empty(comfy_server) == []
 
 
+def _free_before_next_prompt(server: ComfyServer) -> None:
+    """POST /free, then make sure the prompt worker has acted on it before the next prompt: it handles /free flags
+    after the prompt it is running (or when it wakes with none), so a trivial prompt run to completion ends with the
+    flags handled — otherwise a prompt queued right away runs first and the unload lands after it."""
+    server.free(unload_models=True, free_memory=True)
+    server.run({"1": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 8, "height": 8}},
+                "2": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 0]}},
+                "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}, timeout=60)
+    assert _wait_empty(server) == []
+
+
 def test_offload_after_encode_leaves_nothing_registered(comfy_server: ComfyServer, vram_clip: str) -> None:
-    comfy_server.free(unload_models=True, free_memory=True)
-    assert _wait_empty(comfy_server) == []
+    _free_before_next_prompt(comfy_server)
     result = comfy_server.run(_workflow(vram_clip, offload=True, positive="a grey wall"), timeout=300, check=False)
     assert result.error is None, result.error
     names = [m["name"] for m in _ours(comfy_server)]

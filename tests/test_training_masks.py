@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import codecs
 import math
 import os
 import pickle
+import re
 import subprocess
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -22,13 +25,23 @@ from training.masks import (
     save_object_masks,
 )
 from training.mulan import (
+    CHUNK,
     LICENCE_WARNING,
+    MAX_BYTES,
+    MAX_RATIO,
+    MIN_LIMIT,
     MuLAnFormatError,
     SemanticMaskLibrary,
     UnsafePickleError,
+    decompress_limit,
     instance_masks,
     load_annotation,
 )
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
 
 GRID = (3, 16, 24)
 
@@ -101,7 +114,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, name, protocol):
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_legit_annotation_loads(tmp_path, protocol):
     alphas = [alpha_with_area(32, 48, 0.25), alpha_with_area(32, 48, 0.5)]
     ann = annotation(alphas)
@@ -115,6 +128,74 @@ def test_legit_annotation_loads(tmp_path, protocol):
     masks = instance_masks(loaded, size=(16, 24))
     assert [m.shape for m in masks] == [torch.Size([16, 24])] * 2
     assert [round(m.float().mean().item(), 3) for m in masks] == [0.25, 0.5]
+
+
+def _peak(call) -> tuple[BaseException | None, int]:
+    """(what `call()` raised, or None; peak bytes traced by tracemalloc while it ran)."""
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except (UnsafePickleError, MuLAnFormatError) as e:
+        raised = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+@pytest.mark.parametrize("name, payload, message", [
+    ("bytearray", _Payload(bytearray, (1 << 30,)), r"refusing bytearray\(int\)"),
+    ("bytes", _Payload(bytes, (1 << 30,)), r"refusing bytes\(\.\.\.\) with arguments"),
+    ("ndarray", _Payload(np.ndarray, ((1 << 28,),)), r"refusing a direct numpy\.ndarray\(\.\.\.\) call"),
+    ("reconstruct", _Payload(_reconstruct, (np.ndarray, (1 << 28,), b"b")),
+     r"refusing numpy _reconstruct"),
+    ("codec", _Payload(codecs.encode, ("x" * 64, "utf-32")), r"only latin1"),
+    ("object array", np.array([1, None], dtype=object), r"refusing numpy dtype dtype\('O'\)"),
+])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_allocation_payloads_are_refused_with_bounded_memory(tmp_path, name, payload, message, protocol):
+    """A few hundred bytes that would allocate 1 GiB (or an object array, which numpy fills from raw pointers)."""
+    path = write_pzl(tmp_path / "evil.p.zl", {"instances": {0: {"instance_alpha": payload}}}, protocol)
+    assert path.stat().st_size < 300
+    raised, peak = _peak(lambda: load_annotation(path))
+    assert isinstance(raised, UnsafePickleError) and "evil.p.zl" in str(raised), raised
+    assert re.search(message, str(raised)), str(raised)
+    # the 16 MiB decompression floor is never reached by a few hundred bytes: everything here is the unpickler's
+    # own bookkeeping, far below the 1 GiB the payload asks for
+    assert peak < 1 << 20, peak
+
+
+def test_zlib_bomb_is_refused_with_bounded_memory(tmp_path):
+    """256 MiB of zeros in ~250 KB: refused after the cap (64x the file, at least 16 MiB), never inflated whole."""
+    path = tmp_path / "bomb.p.zl"
+    packer = zlib.compressobj(9)
+    with path.open("wb") as fh:
+        for _ in range(256):
+            fh.write(packer.compress(bytes(1 << 20)))
+        fh.write(packer.flush())
+    raw = path.stat().st_size
+    limit = decompress_limit(raw)
+    assert limit == max(MIN_LIMIT, MAX_RATIO * raw) and limit < 32 << 20
+    raised, peak = _peak(lambda: load_annotation(path))
+    assert isinstance(raised, MuLAnFormatError) and "decompresses to more than" in str(raised), raised
+    assert "zip bomb" in str(raised) and "bomb.p.zl" in str(raised)
+    # what may be alive at the refusal: the output kept so far (<= limit), the chunk being inflated (CPython builds
+    # it in blocks, then joins them: <= 2 chunks), the file's bytes and zlib's copy of their unconsumed tail (each
+    # <= raw), plus 1 MiB for everything else; the old loader inflated all 256 MiB first
+    assert peak < limit + 2 * CHUNK + 2 * raw + (1 << 20), (peak, limit)
+    assert decompress_limit(10 ** 12) == MAX_BYTES, "a hard ceiling whatever the file size"
+
+
+def test_decompression_cap_is_adjustable(tmp_path):
+    ann = annotation([alpha_with_area(64, 64, 0.5)])
+    path = write_pzl(tmp_path / "img.p.zl", ann)
+    assert len(load_annotation(path)["instances"]) == 1
+    with pytest.raises(MuLAnFormatError, match="pass a larger max_ratio / max_bytes"):
+        load_annotation(path, max_bytes=1024)
+    (tmp_path / "cut.p.zl").write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(MuLAnFormatError, match="truncated zlib stream"):
+        load_annotation(tmp_path / "cut.p.zl")
 
 
 def test_corrupt_annotation_errors(tmp_path):

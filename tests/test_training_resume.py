@@ -30,7 +30,7 @@ def _write_config(root: Path, data_dir: Path, name: str) -> tuple[Path, dict]:
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "training.train", "--config", str(config), "--quiet"], cwd=REPO,
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -78,6 +78,9 @@ def test_killed_run_resumes_to_the_same_losses(runs: dict) -> None:
     assert f"resuming at step {runs['latest_at_kill']['step']}" in runs["resumed_log"]
     assert "0 encoded" in runs["resumed_log"], "cached latents must be reused on re-runs"
     resumed = _losses(runs["killed"])
+    # exact: the resumed process restores the weights, AdamW moments, scheduler and every RNG from the checkpoint and
+    # then does the same float32 operations in the same order as the uninterrupted run (one thread each,
+    # cpu_threads: 1, on the same machine), so every later loss is the same float
     assert resumed == full, {s: (full[s], resumed.get(s)) for s in full if full[s] != resumed.get(s)}
 
 

@@ -29,12 +29,15 @@ from editctrl_core.qwen import EDIT_TEMPLATE, QwenVL, evenly_spaced, folder_fing
 from editctrl_core.qwen import load_or_tiny as load_qwen
 from editctrl_core.video_io import read_video
 
+from .cli import ArgumentParser, UsageError, run_cli
 from .precompute import (
     SIGNATURE_KEY,
     TINY_QWEN,
     Clip,
     add_shape_options,
+    at_least,
     list_clips,
+    model_source,
     parse_shard,
     pick_device,
     run_samples,
@@ -55,9 +58,9 @@ class QwenFeatureJob:
     def __init__(self, args: argparse.Namespace) -> None:
         """Remember the options; the model is loaded when the first sample needs it."""
         if "{caption}" not in args.template:
-            raise SystemExit("--template must contain '{caption}' (and may contain '{k}', the frame count)")
-        if args.k_frames < 1:
-            raise SystemExit("--k-frames must be >= 1")
+            raise UsageError("--template must contain '{caption}' (and may contain '{k}', the frame count)")
+        at_least("--k-frames", args.k_frames)
+        model_source("--qwen", args.qwen, TINY_QWEN)
         self.args = args
         self.rule = shape_rule(args)
         self.device = pick_device(args.device)
@@ -96,10 +99,10 @@ class QwenFeatureJob:
         save_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m training.compute_qwen_features", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    """Command-line options (a usage mistake raises UsageError)."""
+    p = ArgumentParser(prog="python -m training.compute_qwen_features", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", required=True, type=Path, help="folder of clips (<id>.mp4 + <id>.txt caption)")
     p.add_argument("--out", required=True, type=Path, help="output folder (the training Qwen feature folder)")
     p.add_argument("--qwen", required=True, help="tiny, tiny-qwen3_vl, or a Qwen2.5-VL/Qwen3-VL folder")
@@ -115,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; exit status 1 when some clip failed (e.g. has no caption)."""
+    """Run the CLI; exit status 1 when some clip failed (e.g. has no caption). Usage mistakes raise UsageError."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    clips = shard(list_clips(args.clips), *parse_shard(args.shard))
     job = QwenFeatureJob(args)
+    clips = shard(list_clips(args.clips), *parse_shard(args.shard))
     tally = run_samples(clips, args.out, job.settings(), "hidden_states", job.compute, args.overwrite,
                         "qwen features", per_clip=lambda clip: {"caption": clip.caption})
     print(f"compute_qwen_features: {tally.line()} -> {args.out}")
@@ -127,4 +130,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

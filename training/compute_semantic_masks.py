@@ -39,10 +39,11 @@ from editctrl_core.masks import pixel_mask_to_token_mask
 from editctrl_core.object_masks import keyframe_boxes, object_tracks, objects_to_masks
 from editctrl_core.qwen import QwenVL, detect, evenly_spaced, folder_fingerprint
 from editctrl_core.qwen import load_or_tiny as load_qwen
-from editctrl_core.sam import SamBundle, refine
+from editctrl_core.sam import SAM_FAMILIES, SamBundle, refine
 from editctrl_core.sam import load_or_tiny as load_sam
 from editctrl_core.video_io import read_video
 
+from .cli import ArgumentParser, UsageError, run_cli
 from .data import ShapeRule
 from .masks import save_object_masks
 from .precompute import (
@@ -50,8 +51,10 @@ from .precompute import (
     TINY_QWEN,
     Clip,
     add_shape_options,
+    at_least,
     file_digest,
     list_clips,
+    model_source,
     parse_shard,
     pick_device,
     run_samples,
@@ -59,6 +62,8 @@ from .precompute import (
     shard,
     used_frames,
 )
+
+TINY_SAM = tuple(f"tiny-{family}" for family in SAM_FAMILIES)
 
 logger = logging.getLogger(__name__)
 
@@ -118,17 +123,20 @@ class SemanticMaskJob:
     def __init__(self, args: argparse.Namespace) -> None:
         """Remember the options; nothing is loaded yet."""
         self.args = args
-        self.device = pick_device(args.device)
         self._qwen: QwenVL | None = None
         self._sam: SamBundle | None = None
         self.categories = [c.strip() for c in (args.categories or "").split(",") if c.strip()]
         self.rule = shape_rule(args)
-        if args.keyframes < 1:
-            raise SystemExit("--keyframes must be >= 1")
+        at_least("--keyframes", args.keyframes)
+        at_least("--max-new-tokens", args.max_new_tokens)
+        model_source("--qwen", args.qwen, TINY_QWEN)
+        if args.sam is not None:
+            model_source("--sam", args.sam, TINY_SAM)
         try:  # the prompt options are checked before any model is loaded
             grounding_prompt("qwen2_5_vl", args.prompt_mode, self.categories, args.text)
         except ValueError as err:
-            raise SystemExit(f"--prompt-mode {args.prompt_mode}: {err}") from err
+            raise UsageError(f"--prompt-mode {args.prompt_mode}: {err}") from None
+        self.device = pick_device(args.device)
 
     def qwen(self) -> QwenVL:
         """The Qwen-VL model (loaded once)."""
@@ -190,10 +198,10 @@ class SemanticMaskJob:
         save_object_masks(path, tokens, names, metadata)  # atomic: temp `.<id>.safetensors.tmp-<pid>` + rename
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m training.compute_semantic_masks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    """Command-line options (a usage mistake raises UsageError)."""
+    p = ArgumentParser(prog="python -m training.compute_semantic_masks", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", required=True, type=Path, help="folder of clips (<id>.mp4 + optional <id>.txt)")
     p.add_argument("--out", required=True, type=Path, help="output folder (the training semantic_mask_dir)")
     p.add_argument("--qwen", required=True, help="tiny, tiny-qwen3_vl, or a Qwen2.5-VL/Qwen3-VL folder")
@@ -212,11 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; exit status 1 when some clip failed."""
+    """Run the CLI; exit status 1 when some clip failed. Usage mistakes raise UsageError (see `run_cli`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    clips = shard(list_clips(args.clips), *parse_shard(args.shard))
     job = SemanticMaskJob(args)
+    clips = shard(list_clips(args.clips), *parse_shard(args.shard))
     tally = run_samples(clips, args.out, job.settings(), "masks", job.compute, args.overwrite, "semantic masks",
                         per_clip=lambda clip: {"boxes": file_digest(clip.video.with_name(clip.sample_id + BOXES_SUFFIX))})
     print(f"compute_semantic_masks: {tally.line()} -> {args.out}")
@@ -224,4 +232,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

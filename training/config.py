@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
+from editctrl_core.checks import NonFiniteError, check_finite_value
+
 STAGES = ("scd", "editctrl_local", "editctrl_global", "tma")
+TIMESTEP_SAMPLINGS = ("shifted_logit_normal", "logit_normal", "uniform")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ATTENTIONS = ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
 
@@ -102,7 +105,13 @@ class MaskConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and diffusion-loss settings shared by all stages."""
+    """Optimisation and diffusion-loss settings shared by all stages.
+
+    ``timestep_sampling``: ``shifted_logit_normal`` (default) is ltx-trainer's σ sampler (training/timesteps.py: a
+    logit-normal whose shift grows with the clip's latent token count, stretched to [0, 1], 10% uniform);
+    ``logit_normal`` is σ = sigmoid(N(0, 1)) and ``uniform`` σ ~ U(0, 1), both remapped by ``timestep_shift``
+    (σ' = sσ / (1 + (s − 1)σ)), which the ltx-trainer sampler does not use.
+    """
 
     seed: int = 0
     batch_size: int = 1
@@ -252,7 +261,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 raise ConfigError(f"{path}: must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: must be a number, got {value!r}")
-        return float(value)
+        try:
+            return check_finite_value(path, value)
+        except (NonFiniteError, OverflowError):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: must be a string, got {value!r}")
@@ -340,22 +352,29 @@ def validate(cfg: Config) -> Config:
         _need((s.frames - 1) % 8 == 0, "data.synthetic.frames", f"must be 8n+1, got {s.frames}")
         for name in ("height", "width"):
             _need(getattr(s, name) % 32 == 0, f"data.synthetic.{name}", "must be a multiple of 32")
-    _one_of(cfg.masks.mode, ("random", "semantic", "mixed"), "masks.mode")
-    _need(0 <= cfg.masks.semantic_mask_ratio <= 1, "masks.semantic_mask_ratio", "must be in [0, 1]")
-    _need(0 < cfg.masks.min_area <= cfg.masks.max_area <= 1, "masks.min_area",
-          f"need 0 < min_area <= max_area <= 1, got {cfg.masks.min_area}, {cfg.masks.max_area}")
+    mk = cfg.masks
+    _one_of(mk.mode, ("random", "semantic", "mixed"), "masks.mode")
+    _need(0 <= mk.semantic_mask_ratio <= 1, "masks.semantic_mask_ratio", "must be in [0, 1]")
+    _need(0 < mk.min_area <= mk.max_area <= 1, "masks.min_area",
+          f"need 0 < min_area <= max_area <= 1, got {mk.min_area}, {mk.max_area}")
+    _need(0 <= mk.object_min_area <= mk.object_max_area <= 1, "masks.object_min_area",
+          f"need 0 <= object_min_area <= object_max_area <= 1, got {mk.object_min_area}, {mk.object_max_area}")
     _need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _need(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _one_of(t.optimizer, ("adamw", "adamw8bit"), "train.optimizer")
-    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "must be two numbers in [0, 1)")
-    _need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    _need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)")
+    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas",
+          f"must be two numbers in [0, 1), got {t.betas}")
+    _need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _need(t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {t.max_grad_norm}")
     _one_of(t.lr_scheduler, ("constant", "linear", "cosine"), "train.lr_scheduler")
-    _need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _need(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
     _one_of(t.mixed_precision, ("no", "bf16"), "train.mixed_precision")
-    _one_of(t.timestep_sampling, ("shifted_logit_normal", "uniform"), "train.timestep_sampling")
-    _need(t.timestep_shift > 0, "train.timestep_shift", "must be > 0")
-    _need(t.encoder_noise >= 0, "train.encoder_noise", "must be >= 0")
+    _one_of(t.timestep_sampling, TIMESTEP_SAMPLINGS, "train.timestep_sampling")
+    _need(t.timestep_shift > 0, "train.timestep_shift", f"must be > 0, got {t.timestep_shift}")
+    _need(t.timestep_sampling != "shifted_logit_normal" or t.timestep_shift == 1.0, "train.timestep_shift",
+          "does not apply to timestep_sampling shifted_logit_normal (ltx-trainer's sampler derives its shift from "
+          "the token count); leave it at 1.0, or set train.timestep_sampling: logit_normal to use a fixed shift")
+    _need(t.encoder_noise >= 0, "train.encoder_noise", f"must be >= 0, got {t.encoder_noise}")
     _need(0 <= t.context_frame_ratio < 1, "train.context_frame_ratio", "must be in [0, 1)")
     _need(t.dilation >= 0, "train.dilation", "must be >= 0")
     _need(0 <= t.caption_dropout <= 1, "train.caption_dropout", "must be in [0, 1]")
@@ -370,8 +389,17 @@ def validate(cfg: Config) -> Config:
         p = f"stages[{i}]"
         _one_of(st.name, STAGES, f"{p}.name")
         _need(st.steps >= 0, f"{p}.steps", f"must be >= 0, got {st.steps}")
-        _need(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
-        _need(st.decoder_lr_mult > 0, f"{p}.decoder_lr_mult", "must be > 0")
+        # AdamW moves every weight by about lr per step, whatever the gradient's size: lr >= 1 can only diverge
+        _need(0 < st.lr < 1, f"{p}.lr", f"must be in (0, 1) (AdamW moves each weight by about lr per step), "
+              f"got {st.lr}")
+        _need(st.decoder_lr_mult > 0, f"{p}.decoder_lr_mult", f"must be > 0, got {st.decoder_lr_mult}")
+        peak = st.lr * max(1.0, st.decoder_lr_mult)
+        _need(peak < 1, f"{p}.decoder_lr_mult", f"lr x decoder_lr_mult = {peak:g} must stay below 1 (the decoder "
+              "LoRA's learning rate)")
+        # AdamW's decoupled decay multiplies each weight by (1 - lr x weight_decay) per step
+        _need(peak * t.weight_decay < 1, "train.weight_decay", f"{p}'s peak lr {peak:g} (lr x decoder_lr_mult) x "
+              f"weight_decay = {peak * t.weight_decay:g} must stay below 1, or each step's decay flips the weights' "
+              "sign")
         _one_of(st.decode_tokens, ("masked", "all"), f"{p}.decode_tokens")
         if st.lora is not None:
             lo = st.lora
@@ -383,9 +411,13 @@ def validate(cfg: Config) -> Config:
                 _one_of(att, ATTENTIONS, f"{p}.lora.attentions[{j}]")
             _need(bool(lo.targets) and bool(lo.attentions), f"{p}.lora", "targets and attentions must be non-empty")
             _need(0 <= lo.dropout < 1, f"{p}.lora.dropout", "must be in [0, 1)")
-        if st.name == "scd":
-            _need(st.lora is not None or st.train_lora is not False, f"{p}.lora",
-                  "the scd stage trains a LoRA: give lora: {rank, alpha}")
+        trains_lora = st.train_lora if st.train_lora is not None else (st.name == "scd" or st.lora is not None)
+        if trains_lora:
+            _need(any(s.lora is not None for s in cfg.stages[:i + 1]), f"{p}.lora",
+                  f"stage {st.name} trains a LoRA but no stage up to it configures one: give lora: {{rank, alpha}} "
+                  f"(or train_lora: false)")
+        elif st.name == "scd" and st.lora is None:
+            _need(False, f"{p}.lora", "the scd stage trains a LoRA: give lora: {rank, alpha}")
         if st.name == "tma":
             _need(d.qwen_feature_dir is not None, "data.qwen_feature_dir",
                   "the tma stage needs cached Qwen features (run training.compute_qwen_features)")
@@ -396,6 +428,10 @@ def validate(cfg: Config) -> Config:
                 value = getattr(sub, f.name)
                 if isinstance(value, int) and not isinstance(value, bool) and f.name != "task":
                     _need(value >= 1, f"{p}.{name}.{f.name}", f"must be >= 1, got {value}")
+        if st.tma is not None:
+            _need(0 <= st.tma.dropout < 1, f"{p}.tma.dropout", f"must be in [0, 1), got {st.tma.dropout}")
+            _need(0 <= st.tma.task < st.tma.num_tasks, f"{p}.tma.task",
+                  f"must be in [0, num_tasks={st.tma.num_tasks}), got {st.tma.task}")
     return cfg
 
 
@@ -405,9 +441,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot read the config as UTF-8 text ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:
@@ -423,28 +461,53 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply one `a.b[2].c=value` override (value parsed as YAML) to a raw config dict."""
     key, sep, raw = item.partition("=")
-    if not sep:
-        raise ConfigError(f"override {item!r}: expected key=value")
-    value = yaml.safe_load(raw)
+    where = f"--set {item!r}"
+    if not sep or not key.strip():
+        raise ConfigError(f"{where}: expected KEY=VALUE, e.g. --set stages[0].steps=10")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     parts: list[str | int] = []
-    for part in key.split("."):
+    for part in key.strip().split("."):
         name, _, rest = part.partition("[")
+        if not name:
+            raise ConfigError(f"{where}: empty name in {key!r}; write section.field or stages[0].field")
         parts.append(name)
         while rest:
-            idx, _, rest = rest.partition("]")
+            idx, closed, rest = rest.partition("]")
+            if not closed or not idx.strip().isdigit():
+                raise ConfigError(f"{where}: {part!r} needs a non-negative list index in brackets, e.g. stages[0]")
             parts.append(int(idx))
             rest = rest.lstrip("[")
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        fresh: Any = value if last else ([] if isinstance(parts[i + 1], int) else {})
         if isinstance(part, int):
-            node = node[part]
+            if not isinstance(node, list):
+                raise ConfigError(f"{where}: {_dotted(parts[:i])} is not a list")
+            if part > len(node):
+                raise ConfigError(f"{where}: {_dotted(parts[:i + 1])}: index out of range (the list has {len(node)} "
+                                  f"entries; index {len(node)} appends one)")
+            if part == len(node):
+                node.append(fresh)
+            elif last or node[part] is None:
+                node[part] = fresh
         else:
-            if node.get(part) is None:
-                node[part] = [] if isinstance(nxt, int) else {}
-            node = node[part]
-    last = parts[-1]
-    node[last] = value
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {_dotted(parts[:i])} holds {node!r}, not a section of fields")
+            if last or node.get(part) is None:
+                node[part] = fresh
+        node = node[part]
+
+
+def _dotted(parts: list[str | int]) -> str:
+    """`['stages', 0, 'lr']` → `stages[0].lr`."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

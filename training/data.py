@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editctrl_core.checks import NonFiniteError, check_finite_tensor
 from editctrl_core.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
 from editctrl_core.text import TextConditioning
 
@@ -537,6 +538,11 @@ def load_sample(path: Path, qwen_dir: str | Path | None = None) -> Sample:
     for key in ("latents", "text_embeds", "text_mask"):
         if key not in t:
             raise DataError(f"{path}: cache file has no {key!r}; delete it and re-run")
+    for key, value in t.items():
+        try:
+            check_finite_tensor(f"{path}: {key}", value, "the cache file is broken; delete it and re-run to re-encode")
+        except NonFiniteError as exc:
+            raise DataError(str(exc)) from None
     sample = Sample(meta.get("sample_id", path.stem), t["latents"].float(), t.get("target", t["latents"]).float(),
                     t["text_embeds"].float(), t["text_mask"].long(), meta.get("caption", ""),
                     t["fill"].float() if "fill" in t else None)

@@ -164,12 +164,17 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` over sharded (DTensor) and replicated gradients alike: one global 2-norm, one scale.
 
     Replicated gradients must already be averaged (identical on every rank); the squared norms of the local shards
-    are summed over ranks. Without sharded gradients this is torch.nn.utils.clip_grad_norm_.
+    are summed over ranks. Without sharded gradients this is torch.nn.utils.clip_grad_norm_. ``max_norm`` 0 only
+    measures the norm (no clipping). The norm is the same on every rank.
     """
     grads = [p.grad for p in params if p.grad is not None]
     sharded = [g for g in grads if is_sharded(g)]
     if not sharded:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if max_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not grads:
+            return torch.zeros(())
+        return torch.nn.utils.get_total_norm(grads)
     plain = [g for g in grads if not is_sharded(g)]
     device = sharded[0].to_local().device
     local = torch.zeros((), device=device, dtype=torch.float32)
@@ -179,6 +184,8 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     for g in plain:
         local += g.float().pow(2).sum().to(device)
     total = local.sqrt()
+    if max_norm <= 0:
+        return total
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in sharded:
         g.to_local().mul_(coef.to(g.dtype))

@@ -9,8 +9,9 @@ One loss for every stage (what differs is which parameters train):
    feeds the encoder at inference, where masked pixels are filled with grey before VAE encoding).
 3. Encoder (blocks ``[0,k)``) at σ=0, frame-causal, output shifted one frame, plus ``encoder_noise``·N(0,1).
 4. Decoder (blocks ``[k,N)``) by token concat on the selected tokens — the dilated edit tokens (``masked``, as the
-   sparse sampler runs) or every token of the non-context frames (``all``) — noised to σ:
-   x_σ = (1−σ)·x0 + σ·ε, loss = MSE(v, ε − x0) (v-prediction).
+   sparse sampler runs) or every token of the non-context frames (``all``) — noised to σ (by default ltx-trainer's
+   shifted logit-normal for the clip's token count, training/timesteps.py): x_σ = (1−σ)·x0 + σ·ε,
+   loss = MSE(v, ε − x0) (v-prediction).
 
 Every random draw of a sample comes from a seed derived from (run seed, stage, global sample index), so a resumed or
 multi-process run sees exactly the same noise, masks and context frames as a single uninterrupted run.
@@ -18,8 +19,10 @@ multi-process run sees exactly the same noise, masks and context frames as a sin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from editctrl_core.adapters import (
+    AdapterLoadError,
     GlobalContextConfig,
     GlobalContextEmbedder,
     LocalContextConfig,
@@ -34,15 +38,16 @@ from editctrl_core.adapters import (
     load_adapter,
 )
 from editctrl_core.context import from_tokens, to_tokens
-from editctrl_core.lora import apply_loras, read_lora
+from editctrl_core.lora import LoraError, apply_loras, read_lora
 from editctrl_core.masks import dilate_token_mask
-from editctrl_core.models import Preset, build_transformer, build_vae, load_models, load_preset
+from editctrl_core.models import ModelLoadError, Preset, build_transformer, build_vae, load_models, load_preset
 from editctrl_core.scd import SCDModel, SCDOptions
 from editctrl_core.text import TextConditioning
 from editctrl_core.tma import TMAConfig, TMAConnector, load_tma, prepend_semantic_tokens
-from training.config import Config, StageConfig
+from training.config import Config, ConfigError, StageConfig
 from training.data import Sample
 from training.masks import MaskSampler, MaskStrategyConfig
+from training.timesteps import sample_sigma
 
 log = logging.getLogger("editctrl.training")
 ADAPTER_NAME = "default"
@@ -60,11 +65,13 @@ def sample_seed(seed: int, stage: int, index: int, salt: int = 0) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
-def sample_sigma(g: torch.Generator, kind: str, shift: float) -> torch.Tensor:
-    """Training σ in (0,1]: shifted logit-normal (σ' = sσ/(1+(s−1)σ), σ = sigmoid(N(0,1))) or uniform."""
-    u = torch.sigmoid(torch.randn((), generator=g)) if kind == "shifted_logit_normal" else torch.rand((), generator=g)
-    s = shift * u / (1 + (shift - 1) * u)
-    return s.clamp(1e-3, 1.0).reshape(1)
+@contextlib.contextmanager
+def config_field(name: str) -> Iterator[None]:
+    """Re-raise a failure to load the file a config field names as a ConfigError naming that field."""
+    try:
+        yield
+    except (ModelLoadError, LoraError, AdapterLoadError, FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 @dataclass
@@ -88,15 +95,18 @@ def load_base(cfg: Config, device: torch.device | str = "cpu", need_vae: bool = 
         if m.vae_weights is not None and need_vae:
             from editctrl_core.models import read_safetensors, strict_load, vae_state_from_checkpoint
 
-            vae = strict_load(build_vae(preset, empty=True), vae_state_from_checkpoint(read_safetensors(m.vae_weights)),
-                              what=str(m.vae_weights), device=device)
+            with config_field("model.vae_weights"):
+                vae = strict_load(build_vae(preset, empty=True),
+                                  vae_state_from_checkpoint(read_safetensors(m.vae_weights)),
+                                  what=str(m.vae_weights), device=device)
     else:
-        loaded = load_models(m.weights, m.preset, dtype=dtype, device=device, vae_path=m.vae_weights)
+        with config_field("model.weights"):
+            loaded = load_models(m.weights, m.preset, dtype=dtype, device=device, vae_path=m.vae_weights)
         preset, transformer, vae = loaded.preset, loaded.transformer, loaded.vae
     split = m.split_layer or preset.split_layer
     layers = len(transformer.transformer_blocks)
     if not 0 < split < layers:
-        raise ValueError(f"model.split_layer: must be in [1, {layers - 1}] for this {layers}-block model; got {split}")
+        raise ConfigError(f"model.split_layer: must be in [1, {layers - 1}] for this {layers}-block model; got {split}")
     transformer.requires_grad_(False)
     if vae is not None:
         vae.requires_grad_(False).eval().float()
@@ -170,16 +180,20 @@ class TrainModule(nn.Module):
         m = self.cfg.model
         model_id = self.preset.model_id
         if m.init_lora:
-            lora = read_lora(m.init_lora)
-            self._init_lora_patch = apply_loras(self.transformer, [(lora, 1.0)])
+            with config_field("model.init_lora"):
+                lora = read_lora(m.init_lora)
+                self._init_lora_patch = apply_loras(self.transformer, [(lora, 1.0)])
         if m.init_local:
-            self.local = load_adapter(m.init_local, model_id, self.split_layer, expected_kind="local_context",
-                                      device=self.device_)
+            with config_field("model.init_local"):
+                self.local = load_adapter(m.init_local, model_id, self.split_layer, expected_kind="local_context",
+                                          device=self.device_)
         if m.init_global:
-            self.global_context = load_adapter(m.init_global, model_id, self.split_layer,
-                                               expected_kind="global_context", device=self.device_)
+            with config_field("model.init_global"):
+                self.global_context = load_adapter(m.init_global, model_id, self.split_layer,
+                                                   expected_kind="global_context", device=self.device_)
         if m.init_tma:
-            self.tma, _ = load_tma(m.init_tma, device=self.device_)
+            with config_field("model.init_tma"):
+                self.tma, _ = load_tma(m.init_tma, device=self.device_)
         self.scd.attach(self.local, self.global_context)
 
     def add_lora(self, lora: object) -> None:
@@ -248,15 +262,20 @@ class TrainModule(nn.Module):
                 self.add_global(st.global_context or _default_global(self.preset))
             if st.name == "tma":
                 if qwen_dim is None:
-                    raise ValueError("the tma stage needs cached Qwen features (data.qwen_feature_dir)")
-                self.add_tma(st.tma or _default_tma(self.preset), qwen_dim)
+                    raise ConfigError("data.qwen_feature_dir: the tma stage needs cached Qwen features (run "
+                                      "training.compute_qwen_features)")
+                try:
+                    self.add_tma(st.tma or _default_tma(self.preset), qwen_dim)
+                except ValueError as exc:
+                    raise ConfigError(f"stages[{i}].tma: {exc} (the cached Qwen features are {qwen_dim} wide)"
+                                      ) from exc
         self.stage_index = index
         self.stage = st = self.cfg.stages[index]
         self.requires_grad_(False)
         train_lora = st.train_lora if st.train_lora is not None else (st.name == "scd" or st.lora is not None)
         if train_lora:
             if not self.has_lora:
-                raise ValueError(f"stages[{index}].lora: stage {st.name} trains a LoRA but none is configured")
+                raise ConfigError(f"stages[{index}].lora: stage {st.name} trains a LoRA but none is configured")
             for name, p in self.transformer.named_parameters():
                 if "lora_" in name:
                     p.requires_grad_(True)
@@ -290,7 +309,8 @@ class TrainModule(nn.Module):
         if other:
             groups.append({"params": other, "lr": st.lr, "name": st.name})
         if not groups:
-            raise ValueError(f"stage {st.name} has no trainable parameters")
+            raise ConfigError(f"stages[{self.stage_index}]: stage {st.name} has no trainable parameters (set lora, "
+                              "or train_lora: true, or use a stage that trains an adapter)")
         return groups
 
     def trainable_names(self) -> list[str]:
@@ -311,13 +331,14 @@ class TrainModule(nn.Module):
         expected = {n for n in own if "lora_" in n or not n.startswith("transformer.")}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not match this run's trainable modules: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}; resume with the config the run was started with")
+            raise ConfigError(f"--resume: checkpoint does not match this run's trainable modules: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}; resume with the config the run was started "
+                              "with")
         with torch.no_grad():
             for name, value in state.items():
                 if tuple(own[name].shape) != tuple(value.shape):
-                    raise ValueError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, model "
-                                     f"{tuple(own[name].shape)}")
+                    raise ConfigError(f"--resume: checkpoint tensor {name} has shape {tuple(value.shape)}, model "
+                                      f"{tuple(own[name].shape)}")
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
 
     # ----- loss --------------------------------------------------------------------------------------------------
@@ -341,8 +362,9 @@ class TrainModule(nn.Module):
         embeds, mask = embeds[None].to(self.device_), mask[None].to(self.device_)
         if self.tma is not None:
             if sample.qwen is None:
-                raise ValueError(f"sample {sample.sample_id} has no cached Qwen features but the run has a TMA "
-                                 "connector; set data.qwen_feature_dir")
+                raise ConfigError(f"data.qwen_feature_dir: sample {sample.sample_id} has no cached Qwen features "
+                                  "but the run has a TMA connector; run training.compute_qwen_features for every "
+                                  "clip")
             task = (self.stage.tma.task if self.stage.tma is not None else 0)
             tokens = self.tma(sample.qwen[None].to(self.device_), sample.qwen_mask[None].to(self.device_), task)
             embeds, mask = prepend_semantic_tokens(embeds.to(tokens.dtype), mask, tokens)
@@ -385,7 +407,7 @@ class TrainModule(nn.Module):
         select = dilated & ~context[:, None, None] if self.stage.decode_tokens == "masked" else (
             ~context[:, None, None]).expand_as(dilated)
         idx = select.flatten().nonzero().squeeze(1)
-        sigma = sample_sigma(g, t.timestep_sampling, t.timestep_shift)
+        sigma = sample_sigma(g, t.timestep_sampling, t.timestep_shift, tokens=f * grid[1] * grid[2])
         x0 = to_tokens(target)[:, idx.to(dev)].float()
         eps = torch.randn(x0.shape, generator=g).to(dev)
         s = sigma.to(dev)

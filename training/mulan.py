@@ -4,23 +4,26 @@ MuLAn (arXiv 2404.02790) ships annotations as `{image_id}.p.zl`: a zlib-compress
 `captioning`, `background`, `image`, `instances` (each instance: `instance_alpha`, `original_image_mask`,
 `inpainted_delta`, `instance_mask`, captions). Pickles can run arbitrary code when loaded, so these files are only
 ever read by `RestrictedUnpickler`, which admits plain containers and what numpy needs to rebuild arrays, and
-refuses everything else (`UnsafePickleError`) before it can be called.
+refuses everything else (`UnsafePickleError`) before it can be called. Neither step can be made to allocate more
+than the file describes: decompression stops at `decompress_limit` (64x the compressed size, within 16 MiB..1 GiB),
+and the allowed constructors only copy bytes the pickle holds (no `bytearray(n)`, `numpy.ndarray(shape)` or object
+arrays).
 
 Licence: MuLAn is CC BY-NC-SA 4.0 (non-commercial, share-alike); the library warns whenever it is used.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +49,12 @@ LICENCE_WARNING = (
 )
 CACHE_FORMAT = "editctrl-mulan-masks/1"
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "complex"): complex,
-    ("_codecs", "encode"): codecs.encode,
-}
-for _mod in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS[(f"{_mod}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-    _ALLOWED_GLOBALS[(f"{_mod}.multiarray", "scalar")] = _multiarray.scalar
-    _ALLOWED_GLOBALS[(f"{_mod}.numeric", "_frombuffer")] = _numeric._frombuffer
+MAX_RATIO = 64
+MIN_LIMIT = 16 << 20
+MAX_BYTES = 1 << 30
+CHUNK = 1 << 20
+_MAX_DEPTH = 200
+_PLAIN_KINDS = "biufcSU"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -69,11 +65,167 @@ class MuLAnFormatError(ValueError):
     """A MuLAn annotation file that cannot be decompressed or does not have the expected structure."""
 
 
+def _plain_dtype(dtype: Any) -> np.dtype:
+    """A fresh copy of a plain numeric/bool/text dtype; anything else (objects, records, tampered) is refused."""
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"refusing {type(dtype).__name__} where a numpy dtype belongs")
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject:
+        raise UnsafePickleError(f"refusing numpy dtype {dtype!r}: MuLAn arrays hold plain numbers, bools or text")
+    fresh = np.dtype(dtype.str)
+    if fresh != dtype or fresh.flags != dtype.flags or fresh.itemsize != dtype.itemsize:
+        raise UnsafePickleError(f"refusing numpy dtype {dtype!r}: its pickled state does not match its type")
+    return fresh
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """A pickled array shape: a tuple of non-negative ints."""
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise UnsafePickleError(f"refusing numpy array shape {shape!r}")
+    return shape
+
+
+def _sized(data: Any, shape: tuple[int, ...], dtype: np.dtype) -> bytes | bytearray:
+    """`data` when it is bytes of exactly the array's size, so an array never holds more than the file does."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError(f"refusing array data of type {type(data).__name__} (object arrays are not loaded)")
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise MuLAnFormatError(f"array data of {len(data)} bytes does not fill shape {shape} of {dtype}")
+    return data
+
+
+class _GuardedArray(np.ndarray):
+    """The arrays the unpickler builds: their pickled state is checked before numpy sees it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _GuardedArray:
+        """Refused: `_reconstruct` builds these without calling it."""
+        raise UnsafePickleError("refusing a direct numpy.ndarray(...) call (it allocates whatever size it is given)")
+
+    def __setstate__(self, state: Any) -> None:
+        """numpy's array state, once dtype, shape and data size are checked."""
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafePickleError("refusing a numpy array state that is not (version, shape, dtype, fortran, data)")
+        shape, dtype, fortran, data = state[-4:]
+        dtype, shape = _plain_dtype(dtype), _shape(shape)
+        if not isinstance(fortran, bool):
+            raise UnsafePickleError(f"refusing numpy array state with fortran flag {fortran!r}")
+        np.ndarray.__setstate__(self, (1, shape, dtype, fortran, _sized(data, shape, dtype)))
+
+
+class _ArrayType:
+    """What `numpy.ndarray` resolves to: a marker only `_reconstruct` accepts."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: ndarray(shape) allocates whatever size the pickle names."""
+        raise UnsafePickleError("refusing a direct numpy.ndarray(...) call (it allocates whatever size it is given)")
+
+
+_ARRAY = _ArrayType()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _GuardedArray:
+    """numpy's `_reconstruct(ndarray, (0,), b'b')`, how every array pickle starts, and nothing larger."""
+    if subtype is not _ARRAY or _shape(shape) != (0,):
+        raise UnsafePickleError(f"refusing numpy _reconstruct({subtype!r}, {shape!r}): array pickles start empty and "
+                                "are filled from the file's bytes")
+    return _multiarray._reconstruct(_GuardedArray, (0,), b"b")
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> _GuardedArray:
+    """numpy's protocol-5 array constructor over bytes the file holds, with a checked dtype and shape."""
+    dtype, shape = _plain_dtype(dtype), _shape(shape)
+    if order not in ("C", "F"):
+        raise UnsafePickleError(f"refusing array order {order!r}")
+    return _numeric._frombuffer(_sized(buf, shape, dtype), dtype, shape, order).view(_GuardedArray)
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    """A numpy scalar from exactly itemsize bytes."""
+    dtype = _plain_dtype(dtype)
+    return _multiarray.scalar(dtype, _sized(data, (), dtype))
+
+
+def _dtype(obj: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """`numpy.dtype(type_string, align, copy)`, refused unless the result is plain."""
+    if not isinstance(obj, str) or not isinstance(align, bool) or not isinstance(copy, bool):
+        raise UnsafePickleError(f"refusing numpy.dtype({obj!r}, {align!r}, {copy!r}): only type strings are loaded")
+    try:
+        dtype = np.dtype(obj, align=align, copy=copy)
+    except (TypeError, ValueError) as e:
+        raise MuLAnFormatError(f"bad numpy dtype {obj!r} ({e})") from None
+    _plain_dtype(dtype)
+    return dtype  # the copy the pickle's state (byte order) is applied to; checked again wherever it is used
+
+
+def _bytearray(source: Any = b"") -> bytearray:
+    """`bytearray(bytes)` as pickle protocols 0-4 write it; `bytearray(n)`, n zero bytes of any size, is refused."""
+    if not isinstance(source, (bytes, bytearray)):
+        raise UnsafePickleError(f"refusing bytearray({type(source).__name__}): only a copy of bytes in the file is "
+                                "loaded (bytearray(n) would allocate n bytes)")
+    return bytearray(source)
+
+
+def _bytes(*args: Any) -> bytes:
+    """`bytes()`, how pickle protocols 0-2 store empty bytes; `bytes(n)` (n zero bytes) is refused."""
+    if args:
+        raise UnsafePickleError("refusing bytes(...) with arguments: only bytes() (empty) is loaded")
+    return b""
+
+
+def _encode(text: Any, encoding: Any = "latin1") -> bytes:
+    """`_codecs.encode(str, 'latin1')`, how pickle protocols 0-2 store bytes; other codecs are refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode(..., {encoding!r}): only latin1 (pickle's bytes) is loaded")
+    return text.encode("latin1")
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    """`complex(real, imag)` of two numbers."""
+    if not all(type(v) in (int, float) for v in (real, imag)):
+        raise UnsafePickleError("refusing complex(...) of anything but two numbers")
+    return complex(real, imag)
+
+
+def _container(kind: type) -> Callable[..., Any]:
+    """`set(list)` / `frozenset(list)` as pickle protocols 0-3 write them."""
+
+    def build(items: Any = ()) -> Any:
+        """`kind(items)` of a list or tuple the file holds."""
+        if not isinstance(items, (list, tuple)):
+            raise UnsafePickleError(f"refusing {kind.__name__}({type(items).__name__})")
+        return kind(items)
+
+    return build
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _ARRAY,
+    ("numpy", "dtype"): _dtype,
+    ("builtins", "set"): _container(set),
+    ("builtins", "frozenset"): _container(frozenset),
+    ("builtins", "bytearray"): _bytearray,
+    ("builtins", "bytes"): _bytes,
+    ("builtins", "complex"): _complex,
+    ("_codecs", "encode"): _encode,
+}
+for _mod in ("numpy.core", "numpy._core"):
+    _ALLOWED_GLOBALS[(f"{_mod}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED_GLOBALS[(f"{_mod}.multiarray", "scalar")] = _scalar
+    _ALLOWED_GLOBALS[(f"{_mod}.numeric", "_frombuffer")] = _frombuffer
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only numpy-array reconstruction helpers and builtin containers."""
+    """Unpickler that resolves only checked numpy-array helpers and builtin containers.
+
+    Every allowed global is a wrapper that builds at most what the file's own bytes hold: arrays start empty and are
+    filled from bytes of exactly their size, with plain (non-object) dtypes; no global can be told to allocate a size.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         """Return an allow-listed global; refuse (without importing) anything else."""
+        if module == "__builtin__":  # protocols 0-2 write Python 2's name
+            module = "builtins"
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -87,28 +239,79 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refusing persistent id {pid!r} in a MuLAn annotation")
 
 
+def _unguard(obj: Any, seen: dict[int, Any], depth: int = 0) -> Any:
+    """`obj` with every `_GuardedArray` replaced by a plain ndarray view (lists/dicts updated in place)."""
+    if isinstance(obj, _GuardedArray):
+        return obj.view(np.ndarray)
+    if not isinstance(obj, (dict, list, tuple)):
+        return obj
+    if id(obj) in seen:
+        return seen[id(obj)]
+    if depth > _MAX_DEPTH:
+        raise MuLAnFormatError(f"annotation nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(obj, dict):
+        seen[id(obj)] = obj
+        for key, value in obj.items():
+            obj[key] = _unguard(value, seen, depth + 1)
+        return obj
+    if isinstance(obj, list):
+        seen[id(obj)] = obj
+        obj[:] = [_unguard(v, seen, depth + 1) for v in obj]
+        return obj
+    out = tuple(_unguard(v, seen, depth + 1) for v in obj)
+    seen[id(obj)] = out
+    return out
+
+
 def restricted_loads(data: bytes) -> Any:
     """Unpickle bytes with `RestrictedUnpickler` (the only pickle loading in this project)."""
-    return RestrictedUnpickler(io.BytesIO(data)).load()
+    return _unguard(RestrictedUnpickler(io.BytesIO(data)).load(), {})
 
 
-def load_annotation(path: str | os.PathLike, max_bytes: int = 1 << 31) -> dict:
-    """Read one `{image_id}.p.zl` annotation: zlib-decompress (bounded), then restricted-unpickle."""
+def decompress_limit(compressed_bytes: int, max_ratio: float = MAX_RATIO, max_bytes: int = MAX_BYTES) -> int:
+    """Most bytes an annotation of `compressed_bytes` may inflate to: `max_ratio`x, at least 16 MiB, at most
+    `max_bytes`. MuLAn files are mostly photographs (zlib ratio ~1-3) plus masks (higher): 64x leaves wide room."""
+    return int(min(max_bytes, max(MIN_LIMIT, max_ratio * compressed_bytes)))
+
+
+def inflate(raw: bytes, limit: int, where: str = "annotation") -> bytes:
+    """zlib-decompress `raw` in 1 MiB chunks, refusing (MuLAnFormatError) as soon as the output passes `limit`."""
+    inflater = zlib.decompressobj()
+    chunks: list[bytes] = []
+    total = 0
+    pending = raw
+    try:
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, min(CHUNK, limit + 1 - total))
+            total += len(chunk)
+            if total > limit:
+                raise MuLAnFormatError(
+                    f"{where}: decompresses to more than {limit:,} bytes ({limit / max(1, len(raw)):.0f}x its "
+                    f"{len(raw):,} compressed bytes): not a MuLAn annotation, or a zip bomb; if the file is genuine, "
+                    "pass a larger max_ratio / max_bytes to load_annotation")
+            chunks.append(chunk)
+            pending = inflater.unconsumed_tail
+            if not pending and not chunk and not inflater.eof:
+                raise MuLAnFormatError(f"{where}: truncated zlib stream (the file was cut short)")
+    except zlib.error as e:
+        raise MuLAnFormatError(f"{where}: not a zlib-compressed MuLAn annotation ({e})") from e
+    return b"".join(chunks)
+
+
+def load_annotation(path: str | os.PathLike, max_ratio: float = MAX_RATIO, max_bytes: int = MAX_BYTES) -> dict:
+    """Read one `{image_id}.p.zl` annotation: zlib-decompress (bounded by `decompress_limit`), restricted-unpickle."""
     path = Path(path)
     raw = path.read_bytes()
-    try:
-        inflater = zlib.decompressobj()
-        data = inflater.decompress(raw, max_bytes)
-        if inflater.unconsumed_tail:
-            raise MuLAnFormatError(f"{path}: decompresses to more than {max_bytes} bytes")
-    except zlib.error as e:
-        raise MuLAnFormatError(f"{path}: not a zlib-compressed MuLAn annotation ({e})") from e
+    data = inflate(raw, decompress_limit(len(raw), max_ratio, max_bytes), str(path))
     try:
         annotation = restricted_loads(data)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise MuLAnFormatError(f"{path}: corrupt annotation pickle ({e})") from e
+    except MuLAnFormatError as e:
+        raise MuLAnFormatError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as e:
+        raise MuLAnFormatError(f"{path}: corrupt annotation pickle ({type(e).__name__}: {e})") from e
     if not isinstance(annotation, dict) or "instances" not in annotation:
         raise MuLAnFormatError(f"{path}: expected a dict with an `instances` entry")
     return annotation

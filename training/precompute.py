@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .cli import UsageError
 from .data import ShapeRule
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def list_clips(folder: str | os.PathLike) -> list[Clip]:
     """Video files of a folder (sorted by name) with their `.txt` captions; an error if there are none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--clips {folder} is not a directory")
+        raise UsageError(f"--clips {folder}: not a folder; give the folder of training clips (<id>.mp4 + <id>.txt)")
     clips = []
     for path in sorted(folder.iterdir()):
         if (path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
@@ -56,10 +57,10 @@ def list_clips(folder: str | os.PathLike) -> list[Clip]:
     ids = [c.sample_id for c in clips]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"several videos share the sample id(s) {duplicates} (same name, other extension); "
-                         "rename them so each id is unique")
+        raise UsageError(f"--clips {folder}: several videos share the sample id(s) {duplicates} (same name, other "
+                         "extension); rename them so each id is unique")
     if not clips:
-        raise FileNotFoundError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {folder}")
+        raise UsageError(f"--clips {folder}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
     return clips
 
 
@@ -69,10 +70,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         return 0, 1
     try:
         index, count = (int(v) for v in text.split("/"))
-    except ValueError as err:
-        raise ValueError(f"--shard must look like INDEX/COUNT, e.g. 0/4; got {text!r}") from err
+    except ValueError:
+        raise UsageError(f"--shard must look like INDEX/COUNT, e.g. 0/4; got {text!r}") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text!r}: need 0 <= INDEX < COUNT")
+        raise UsageError(f"--shard {text!r}: need 0 <= INDEX < COUNT")
     return index, count
 
 
@@ -139,10 +140,36 @@ def file_digest(path: Path) -> str:
 
 
 def pick_device(choice: str) -> torch.device:
-    """'auto' → the first CUDA GPU if there is one, else the CPU."""
+    """'auto' → the first CUDA GPU if there is one, else the CPU; a bad or absent device is a UsageError."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {choice!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {choice}: no CUDA device is available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {choice}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {choice!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def model_source(option: str, value: str, tiny: tuple[str, ...]) -> str:
+    """`value` of a model option when it is a tiny preset name or an existing folder, else a UsageError."""
+    if value in tiny or Path(value).is_dir():
+        return value
+    raise UsageError(f"{option} {value}: no such folder; give a local model folder (transformers layout, "
+                     f".safetensors weights) or one of {', '.join(tiny)}")
+
+
+def at_least(option: str, value: int, minimum: int = 1) -> int:
+    """`value` of an integer option, or a UsageError when it is below `minimum`."""
+    if value < minimum:
+        raise UsageError(f"{option} must be >= {minimum}, got {value}")
+    return value
 
 
 def add_shape_options(parser: argparse.ArgumentParser) -> None:
@@ -158,9 +185,13 @@ def add_shape_options(parser: argparse.ArgumentParser) -> None:
 def shape_rule(args: argparse.Namespace) -> ShapeRule:
     """The shape rule of the command line (must match the training config's data section)."""
     if (args.height is None) != (args.width is None):
-        raise SystemExit("--height and --width go together (or leave both out to centre-crop to multiples of 32)")
+        raise UsageError("--height and --width go together (or leave both out to centre-crop to multiples of 32)")
     if args.frames < 1 or args.frame_stride < 1:
-        raise SystemExit("--frames and --frame-stride must be >= 1")
+        raise UsageError(f"--frames and --frame-stride must be >= 1, got {args.frames} and {args.frame_stride}")
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and (value < 32 or value % 32):
+            raise UsageError(f"{option} must be a positive multiple of 32 (the latent grid is 32 pixels a token), "
+                             f"got {value}")
     return ShapeRule(frames=args.frames, height=args.height, width=args.width, frame_stride=args.frame_stride)
 
 

@@ -5,11 +5,14 @@ its own parameters, with atomic checkpoints every ``output.checkpoint_every`` st
 through ``accelerate launch`` (DDP, or FSDP2 with ``train.distributed: fsdp``: see training/distributed.py; gloo on
 CPU). Progress: tqdm (loss, it/s), TensorBoard under ``<out>/tensorboard``, ``<out>/losses.jsonl`` and debug PNGs under
 ``<out>/debug``.
+
+Exit status: 0 done; 2 a config, usage or data mistake (one ``config error: …`` / ``data error: …`` line on stderr);
+3 training stopped because a step's loss or gradient norm was not finite (nothing of that step is applied or written,
+so the last checkpoint stays the last good one).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -22,7 +25,10 @@ from pathlib import Path
 
 import torch
 
+from editctrl_core.checks import NonFiniteError, check_finite_tensor, check_finite_value
+from editctrl_core.scd_metadata import options_metadata
 from training import checkpoint as ckpt
+from training.cli import ArgumentParser, UsageError, report_config_error
 from training.config import Config, ConfigError, config_hash, load_config, to_dict
 from training.data import (
     CachedDataset,
@@ -47,9 +53,58 @@ from training.distributed import (
     sync_replicated_grads,
     wrap_fsdp,
 )
-from training.engine import BaseModels, TrainModule, load_base
+from training.engine import BaseModels, TrainModule, config_field, load_base
 
 log = logging.getLogger("editctrl.training")
+DIVERGED_EXIT = 3
+
+
+class TrainingDivergedError(RuntimeError):
+    """A step's loss or gradient norm was NaN/Inf: training stopped before that step changed any weight."""
+
+
+def check_step(step: int, stage: int, cfg: Config, stage_step: int, loss: float, grad_norm: float,
+               out_dir: Path, previous_loss: float | None = None) -> None:
+    """Raise TrainingDivergedError naming the step and the likely cause unless loss and gradient norm are finite.
+
+    `previous_loss` is the last loss this process trained on (None at its first step: then the inputs, the starting
+    weights or the resumed checkpoint are at fault, not the learning rate).
+    """
+    st = cfg.stages[stage]
+    try:
+        check_finite_value("loss", loss)
+        check_finite_value("gradient norm", grad_norm)
+        return
+    except NonFiniteError:
+        loss_ok = math.isfinite(loss)
+    what = f"the loss is {loss:.6g} but the gradient norm is {grad_norm}" if loss_ok else f"the loss is {loss}"
+    where = f"step {step} (stage {stage} {st.name}, its step {stage_step + 1} of {st.steps})"
+    precision = (", or train in float32 (model.dtype: float32, train.mixed_precision: no), where bf16 overflows"
+                 if cfg.model.dtype == "bfloat16" or cfg.train.mixed_precision == "bf16" else "")
+    if previous_loss is None:
+        cause = ("the first step this run took already overflows, so the inputs or starting weights are bad, not the "
+                 "learning rate: check the cached latents and text embeddings (delete data.cache_dir to re-encode), "
+                 "model.weights and the model.init_* files, or the checkpoint it resumed from" + precision)
+    else:
+        clip = cfg.train.max_grad_norm
+        cause = (f"the run diverged after a loss of {previous_loss:.6g}: lower stages[{stage}].lr (now {st.lr:g}), "
+                 f"add train.warmup_steps (now {cfg.train.warmup_steps})"
+                 + (", set train.max_grad_norm (now 0: no clipping)" if clip == 0 else "") + precision
+                 + "; or a sample of this step is broken (huge values in its cached latents)")
+    last_checkpoint = ckpt.latest_state(out_dir)
+    resume = (f"the last good checkpoint is {last_checkpoint}; resume from it with --resume {last_checkpoint} after "
+              "the change" if last_checkpoint is not None else "no checkpoint was written before this step")
+    raise TrainingDivergedError(f"training stopped at {where}: {what}. Likely cause: {cause}. Nothing of this step "
+                                f"was applied or saved; {resume}")
+
+
+def check_finite_state(state: dict[str, torch.Tensor], step: int) -> None:
+    """Refuse to write a checkpoint whose trainable tensors hold NaN/Inf (TrainingDivergedError naming the tensor)."""
+    for name, value in state.items():
+        try:
+            check_finite_tensor(name, value, "the weights diverged; lower the learning rate")
+        except NonFiniteError as exc:
+            raise TrainingDivergedError(f"not writing the step-{step} checkpoint: {exc}") from None
 
 
 def _module_digest(module: torch.nn.Module) -> str:
@@ -67,6 +122,12 @@ def prepare_data(cfg: Config, base: BaseModels, out_dir: Path) -> tuple[list[Pat
 
     d = cfg.data
     folder = Path(d.clips) if d.clips else out_dir / "clips"
+    if d.synthetic is None:
+        if not folder.is_dir():
+            raise ConfigError(f"data.clips: {folder} is not a folder; point it at a folder of .mp4 clips with "
+                              "captions, or set data.synthetic to generate some")
+        if not any(p.suffix.lower() == ".mp4" for p in folder.iterdir()):
+            raise ConfigError(f"data.clips: no .mp4 clips in {folder}")
     if d.synthetic is not None:
         s = d.synthetic
         write_synthetic_clips(folder, s.count, s.frames, s.height, s.width, s.seed, s.caption, s.with_targets,
@@ -76,10 +137,11 @@ def prepare_data(cfg: Config, base: BaseModels, out_dir: Path) -> tuple[list[Pat
     if base.vae is None:
         raise DataError("model.weights holds no VAE; give model.vae_weights to encode clips")
     cache = Path(d.cache_dir) if d.cache_dir else out_dir / "cache"
-    text, text_id = training_text_encoder(cfg, base.preset, base.transformer, cache)
-    encoders = Encoders(base.vae, text, f"{base.preset.model_id}|vae:{_module_digest(base.vae)}|text:{text_id}")
-    log.info("shape rule: %s", rule.describe())
-    files, stats = precompute(specs, rule, encoders, cache)
+    with config_field("data.text_encoder"):  # the Gemma weights load on first use, inside precompute
+        text, text_id = training_text_encoder(cfg, base.preset, base.transformer, cache)
+        encoders = Encoders(base.vae, text, f"{base.preset.model_id}|vae:{_module_digest(base.vae)}|text:{text_id}")
+        log.info("shape rule: %s", rule.describe())
+        files, stats = precompute(specs, rule, encoders, cache)
     log.info("data: %d clips (%d encoded, %d cached) in %s", len(files), stats["encoded"], stats["skipped"], cache)
     return files, encoders
 
@@ -217,6 +279,7 @@ class Trainer:
         self.sharded = resolve_strategy(cfg, self.world) == "fsdp"
         self.fsdp_blocks: list[torch.nn.Module] = []
         self.out = Path(cfg.output.dir)
+        self.resume_from = self._find_resume(resume)
         self.out.mkdir(parents=True, exist_ok=True)
         self.hash = config_hash(cfg)
         self.base = load_base(cfg, self.device)
@@ -226,7 +289,6 @@ class Trainer:
         self.module = TrainModule(cfg, self.base, self.device)
         null = encoders.text.encode([""])
         self.module.null_text = (null.embeds[0].cpu(), null.mask[0].cpu())
-        self.resume_from = self._find_resume(resume)
         self.writer = None
         self.files: dict[str, Path] = {}
         if self.main:
@@ -243,7 +305,8 @@ class Trainer:
             return path
         found = ckpt.latest_state(path) if path.is_dir() else None
         if found is None:
-            raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
+            raise ConfigError(f"--resume {resume}: no complete checkpoint there (give a state_step_NNNNN folder or "
+                              "the run's output folder, or 'auto' / 'none')")
         return found
 
     def _autocast(self) -> object:
@@ -322,13 +385,13 @@ class Trainer:
             meta = {"base_model": model_id, "preset": m.preset.name, "lora_rank": lo.rank, "lora_alpha": lo.alpha,
                     "split_layer": split, "stage": stage, "config_hash": self.hash,
                     "step": -1 if step is None else step, "lora_targets": lo.targets, "lora_attentions": lo.attentions,
-                    "lora_encoder": lo.encoder, "scd_prefix": m.scd.options.prefix}
+                    "lora_encoder": lo.encoder, **options_metadata(m.scd.options)}
             files["lora"] = save_lora(lora, name("lora_weights"), meta)
         if m.local is not None:
-            save_adapter(m.local, name("local_context"), model_id, split)
+            save_adapter(m.local, name("local_context"), model_id, split, options_metadata(m.scd.options))
             files["local"] = name("local_context")
         if m.global_context is not None:
-            save_adapter(m.global_context, name("global_context"), model_id, split)
+            save_adapter(m.global_context, name("global_context"), model_id, split, options_metadata(m.scd.options))
             files["global"] = name("global_context")
         if m.tma is not None:
             save_tma(m.tma, name("tma"), base_model=model_id)
@@ -339,8 +402,10 @@ class Trainer:
         """Step-named weights + state folder (written by the main process; gathered by all under FSDP), then prune."""
         if not (self.main or self.sharded):
             return
+        trainable = full_added_state(self.module)
+        check_finite_state(trainable, step)  # every rank here holds the same gathered tensors: all stop together
         self.save_weights(step)
-        trainable, opt_state = full_added_state(self.module), full_optimizer_state(optimizer)
+        opt_state = full_optimizer_state(optimizer)
         if not self.main:
             return
         ckpt.save_state(self.out, step, trainable=trainable, optimizer=StateDictView(opt_state), scheduler=scheduler,
@@ -378,93 +443,102 @@ class Trainer:
                    dynamic_ncols=True)
         losses: list[float] = []
         stop = False
-        for si in range(start_stage, len(cfg.stages)):
-            st = cfg.stages[si]
-            m.prepare_stage(si, qwen_dim)
-            if restored is not None and si == start_stage:
-                m.load_added_state(restored["trainable"])
-            if self.sharded:
-                self.fsdp_blocks = wrap_fsdp(m, cfg.train.mixed_precision)
-            groups = m.param_groups()
-            params = [p for g in groups for p in g["params"]]
-            optimizer = make_optimizer(groups, cfg)
-            scheduler = make_scheduler(optimizer, cfg, st.steps)
-            first = 0
-            if restored is not None and si == start_stage and start_stage_step > 0:
-                load_optimizer_state(optimizer, restored["optimizer"])
-                scheduler.load_state_dict(restored["scheduler"])
-                ckpt.set_rng_state(restored["rng"], restored["state"]["rng"])
-                m.masks.load_state_dict({"generator": restored["rng"]["mask_sampler"]})
-                first = start_stage_step
-            restored = None
-            model = m
-            if self.world > 1 and not self.sharded:
-                model = torch.nn.parallel.DistributedDataParallel(m, find_unused_parameters=False)
-            bar.set_description(f"{st.name}")
-            for stage_step in range(first, st.steps):
-                if max_steps is not None and step >= max_steps:
-                    stop = True
-                    break
-                t0 = time.perf_counter()
-                debug_every = cfg.output.debug_image_every
-                want_debug = self.main and debug_every > 0 and (step + 1) % debug_every == 0 and self.base.vae
-                total_loss = torch.zeros((), device=self.device)
-                debug = {}
-                for micro in range(cfg.train.grad_accum):
-                    samples = [(self.dataset[self._item(si, k)], k) for k in self._sample_indices(si, stage_step, micro)]
-                    sync = micro == cfg.train.grad_accum - 1 or self.world == 1
-                    with gradient_sync(model, self.fsdp_blocks, sync), self._autocast():
-                        loss, dbg = model(samples, want_debug=bool(want_debug) and micro == 0)
-                        acc.backward(loss / cfg.train.grad_accum)
-                    total_loss += loss.detach() / cfg.train.grad_accum
-                    debug = debug or dbg
+        try:
+            for si in range(start_stage, len(cfg.stages)):
+                st = cfg.stages[si]
+                m.prepare_stage(si, qwen_dim)
+                if restored is not None and si == start_stage:
+                    m.load_added_state(restored["trainable"])
                 if self.sharded:
-                    sync_replicated_grads(params)
-                if cfg.train.max_grad_norm > 0:
-                    clip_grad_norm(params, cfg.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                mean_loss = float(acc.reduce(total_loss, reduction="mean")) if self.world > 1 else float(total_loss)
-                losses.append(mean_loss)
-                lr = optimizer.param_groups[-1]["lr"]
-                if self.main:
-                    self._log_losses([{"step": step, "stage": st.name, "loss": mean_loss, "lr": lr,
-                                       "seconds": time.perf_counter() - t0}], None)
-                    if self.writer is not None and step % cfg.output.log_every == 0:
-                        self.writer.add_scalar(f"loss/{st.name}", mean_loss, step)
-                        self.writer.add_scalar("loss/all", mean_loss, step)
-                        self.writer.add_scalar("lr", lr, step)
-                    if wandb_run is not None and step % cfg.output.log_every == 0:
-                        wandb_run.log({f"loss/{st.name}": mean_loss, "lr": lr}, step=step)
-                    if debug:
-                        from training.debug import debug_grid, save_debug_png
+                    self.fsdp_blocks = wrap_fsdp(m, cfg.train.mixed_precision)
+                groups = m.param_groups()
+                params = [p for g in groups for p in g["params"]]
+                optimizer = make_optimizer(groups, cfg)
+                scheduler = make_scheduler(optimizer, cfg, st.steps)
+                first = 0
+                if restored is not None and si == start_stage and start_stage_step > 0:
+                    load_optimizer_state(optimizer, restored["optimizer"])
+                    scheduler.load_state_dict(restored["scheduler"])
+                    ckpt.set_rng_state(restored["rng"], restored["state"]["rng"])
+                    m.masks.load_state_dict({"generator": restored["rng"]["mask_sampler"]})
+                    first = start_stage_step
+                restored = None
+                model = m
+                if self.world > 1 and not self.sharded:
+                    model = torch.nn.parallel.DistributedDataParallel(m, find_unused_parameters=False)
+                bar.set_description(f"{st.name}")
+                for stage_step in range(first, st.steps):
+                    if max_steps is not None and step >= max_steps:
+                        stop = True
+                        break
+                    t0 = time.perf_counter()
+                    debug_every = cfg.output.debug_image_every
+                    want_debug = self.main and debug_every > 0 and (step + 1) % debug_every == 0 and self.base.vae
+                    total_loss = torch.zeros((), device=self.device)
+                    debug = {}
+                    for micro in range(cfg.train.grad_accum):
+                        samples = [(self.dataset[self._item(si, k)], k)
+                                   for k in self._sample_indices(si, stage_step, micro)]
+                        sync = micro == cfg.train.grad_accum - 1 or self.world == 1
+                        with gradient_sync(model, self.fsdp_blocks, sync), self._autocast():
+                            loss, dbg = model(samples, want_debug=bool(want_debug) and micro == 0)
+                            acc.backward(loss / cfg.train.grad_accum)
+                        total_loss += loss.detach() / cfg.train.grad_accum
+                        debug = debug or dbg
+                    if self.sharded:
+                        sync_replicated_grads(params)
+                    mean_loss = float(acc.reduce(total_loss, reduction="mean")) if self.world > 1 else float(total_loss)
+                    # the same on every rank (reduced loss, norm of synced gradients), so all ranks stop together;
+                    # the norm is measured before clipping
+                    grad_norm = float(clip_grad_norm(params, cfg.train.max_grad_norm))
+                    check_step(step + 1, si, cfg, stage_step, mean_loss, grad_norm, self.out,
+                               losses[-1] if losses else None)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    losses.append(mean_loss)
+                    lr = optimizer.param_groups[-1]["lr"]
+                    if self.main:
+                        self._log_losses([{"step": step, "stage": st.name, "loss": mean_loss, "lr": lr,
+                                           "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}], None)
+                        if self.writer is not None and step % cfg.output.log_every == 0:
+                            self.writer.add_scalar(f"loss/{st.name}", mean_loss, step)
+                            self.writer.add_scalar("loss/all", mean_loss, step)
+                            self.writer.add_scalar("lr", lr, step)
+                            self.writer.add_scalar("grad_norm", grad_norm, step)
+                        if wandb_run is not None and step % cfg.output.log_every == 0:
+                            wandb_run.log({f"loss/{st.name}": mean_loss, "lr": lr}, step=step)
+                        if debug:
+                            from training.debug import debug_grid, save_debug_png
 
-                        png = save_debug_png(self.base.vae, debug, self.out / "debug" / f"step_{step:05d}.png")
-                        if self.writer is not None:
-                            self.writer.add_image("debug", debug_grid(self.base.vae, debug), step, dataformats="HWC")
-                        log.info("debug image %s", png)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                bar.update(1)
-                if step % cfg.output.checkpoint_every == 0 or stage_step + 1 == st.steps:
-                    self.checkpoint(step, si, stage_step + 1, optimizer, scheduler)
-            if (self.main or self.sharded) and not stop:
-                self.files.update(self.save_weights(None))
-            acc.wait_for_everyone()
-            if stop:
-                break
-        bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if wandb_run is not None:
-            wandb_run.finish()
+                            png = save_debug_png(self.base.vae, debug, self.out / "debug" / f"step_{step:05d}.png")
+                            if self.writer is not None:
+                                self.writer.add_image("debug", debug_grid(self.base.vae, debug), step,
+                                                      dataformats="HWC")
+                            log.info("debug image %s", png)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    bar.update(1)
+                    if step % cfg.output.checkpoint_every == 0 or stage_step + 1 == st.steps:
+                        self.checkpoint(step, si, stage_step + 1, optimizer, scheduler)
+                if (self.main or self.sharded) and not stop:
+                    check_finite_state(full_added_state(m), step)
+                    self.files.update(self.save_weights(None))
+                acc.wait_for_everyone()
+                if stop:
+                    break
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+            if wandb_run is not None:
+                wandb_run.finish()
         return RunResult(self.out, step, losses, self.files)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    """Command-line options (usage mistakes raise UsageError)."""
+    parser = ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (see training/configs/)")
     parser.add_argument("--dry-run", action="store_true", help="print stages, trainable counts, memory; no training")
     parser.add_argument("--resume", default="auto",
@@ -473,25 +547,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set stages[0].steps=10 --set output.dir=runs/x")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many global steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: 0 done, 2 a config/usage/data mistake (one line on stderr), 3 a non-finite loss/gradient."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.max_steps is not None and args.max_steps < 0:
+            raise UsageError(f"--max-steps must be >= 0, got {args.max_steps}")
+    except UsageError as exc:
+        return report_config_error(exc)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"config error in {args.config}: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        try:
+        if args.dry_run:
             print(dry_run(cfg))
-        except ConfigError as exc:
-            print(f"config error in {args.config}: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    try:
+            return 0
         result = Trainer(cfg, resume=args.resume, quiet=args.quiet).run(max_steps=args.max_steps)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        named = str(args.config) in str(exc)
+        return report_config_error(exc if named else ConfigError(f"{exc} (config {args.config})"))
+    except DataError as exc:
+        print(f"data error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return DIVERGED_EXIT
     if result.files:
         for kind, path in result.files.items():
             print(f"{kind}: {path}")

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .scd_metadata import options_from_metadata
+
 FORMAT_NAME = "editctrl-adapter"
 FORMAT_VERSION = 1
 META_PREFIX = "editctrl."
@@ -479,6 +481,7 @@ class AdapterInfo:
     base_model_id: str
     split_layer: int
     format_version: int
+    scd_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _kind_of(module: nn.Module) -> str:
@@ -490,8 +493,10 @@ def _kind_of(module: nn.Module) -> str:
     return kind
 
 
-def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id: str, split_layer: int) -> None:
-    """Write an adapter as safetensors, with kind, config, base model id and split layer as JSON metadata (atomic)."""
+def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id: str, split_layer: int,
+                 scd_options: Mapping[str, str] | None = None) -> None:
+    """Write an adapter as safetensors, with kind, config, base model id and split layer as JSON metadata (atomic);
+    `scd_options` (`scd_metadata.options_metadata` of the split it was trained with) is stored as it is."""
     kind = _kind_of(module)
     if not isinstance(base_model_id, str) or not base_model_id:
         raise ValueError("base_model_id must be a non-empty string (e.g. 'ltx-2.0-19b')")
@@ -504,6 +509,7 @@ def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id:
         META_PREFIX + "config": json.dumps(_config_to_dict(module.config), sort_keys=True),
         META_PREFIX + "base_model_id": json.dumps(base_model_id),
         META_PREFIX + "split_layer": json.dumps(split_layer),
+        **dict(scd_options or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     path = Path(path)
@@ -574,7 +580,11 @@ def read_adapter_metadata(path: str | os.PathLike[str]) -> AdapterInfo:
     if not isinstance(config, dict) or not isinstance(base, str) or isinstance(split, bool) or not isinstance(split, int):
         raise AdapterLoadError(f"{str(path)!r} has malformed adapter metadata (config must be an object, base model id "
                                "a string, split layer an integer); re-save it with save_adapter")
-    return AdapterInfo(kind, config, base, split, version)
+    try:
+        options = options_from_metadata({**metadata, "split_layer": str(split)})
+    except ValueError as err:
+        raise AdapterLoadError(f"{str(path)!r}: {err}") from err
+    return AdapterInfo(kind, config, base, split, version, options)
 
 
 def _config_diff(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:

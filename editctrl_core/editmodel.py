@@ -12,7 +12,8 @@ import torch
 from .context import EditContext
 from .lora import LoraFile, apply_loras
 from .models import Preset
-from .scd import PREFIX_MODES, SCDModel
+from .scd import SCDModel
+from .scd_metadata import options_from_metadata
 from .text import TextConditioning
 from .text_encoders import check_text_width
 
@@ -34,17 +35,15 @@ class EditModel:
     def with_lora(self, lora: LoraFile, strength: float) -> EditModel:
         """A copy that also applies `lora` at `strength` while sampling (the shared base model is never changed).
 
-        A LoRA trained by our trainer names the SCD decoder prefix mode it learned (`scd_prefix`); the copy uses it.
+        A LoRA trained by our trainer records the SCD options it learned (prefix mode, next-frame shift, encoder
+        attention; see `scd.options_from_metadata`); the copy uses them.
         """
         name = f"LoRA {Path(lora.path).name if lora.path else 'in-memory'} x{strength:g}"
         scd = self.scd
-        prefix = lora.metadata.get("scd_prefix")
-        if prefix is not None and prefix != scd.options.prefix:
-            if prefix not in PREFIX_MODES:
-                raise ValueError(f"unknown SCD prefix mode {prefix!r} in the LoRA metadata (known: "
-                                 f"{', '.join(PREFIX_MODES)}); the file may come from a newer version of the pack")
-            log.info("EditCtrl: %s was trained with the %s decoder prefix; using it", name, prefix)
-            scd = scd.variant(prefix=prefix)
+        changes = {k: v for k, v in options_from_metadata(lora.metadata).items() if getattr(scd.options, k) != v}
+        if changes:
+            log.info("EditCtrl: %s was trained with SCD options %s; using them", name, changes)
+            scd = scd.variant(**changes)
         return replace(self, scd=scd, loras=[*self.loras, (lora, strength)], attachments=[*self.attachments, name])
 
     @property

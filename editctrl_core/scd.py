@@ -21,10 +21,10 @@ from diffusers import LTX2VideoTransformer3DModel
 
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
 from .kv_cache import OneWayPrefixAttention, PrefixAttention, cached_self_attention
+from .scd_metadata import PREFIX_MODES
 from .text import TextConditioning
 
 MASK_BIAS = -10000.0
-PREFIX_MODES = ("one_way", "bidirectional")
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -224,11 +224,17 @@ def one_way_prefix_bias(n: int, batch: int, device: torch.device, dtype: torch.d
 
 @dataclass
 class SCDOptions:
-    """Switches of the SCD split (all on for editing; all off reproduces the plain model)."""
+    """Switches of the SCD split (causal, shift, concat all off reproduces the plain model).
+
+    ``shift`` is the SCD paper's next-frame shift (frame i's edit tokens see frame i−1's encoding, frame 0 zeros):
+    right for next-frame-prediction weights, not for editing, where every frame has its own background — so off by
+    default. ``causal`` is the frame-causal encoder (needed for window-by-window encoding); off = the base model's
+    bidirectional attention. Trained weights record both in their metadata and the loader follows them.
+    """
 
     split_layer: int
     causal: bool = True
-    shift: bool = True
+    shift: bool = False
     concat: bool = True
     fps: float = 24.0
     prefix: str = "one_way"

@@ -8,7 +8,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..editctrl_core.adapters import AdapterLoadError, load_adapter
+from ..editctrl_core.adapters import AdapterLoadError, load_adapter, read_adapter_metadata
 from ..editctrl_core.editmodel import EditModel
 from ..editctrl_core.lora import LoraError, apply_loras, read_lora
 from .common import CATEGORY, EditModelType, notice
@@ -100,9 +100,8 @@ class EditCtrlAdapterLoader(io.ComfyNode):
         if local_adapter == NONE and global_adapter == NONE:
             raise ValueError("EditCtrl Load Adapters: choose a local and/or a global adapter file from models/editctrl")
         old = model.scd
-        scd = old.variant()
         local, glob = old.local, old.global_context
-        names = []
+        names, options = [], {}
         for choice, kind in ((local_adapter, "local_context"), (global_adapter, "global_context")):
             if choice == NONE:
                 continue
@@ -110,6 +109,7 @@ class EditCtrlAdapterLoader(io.ComfyNode):
             try:
                 module = load_adapter(path, model.preset.model_id, old.split_layer, expected_kind=kind,
                                       device=model.device).eval()
+                options.update(read_adapter_metadata(path).scd_options)
             except AdapterLoadError as exc:
                 raise ValueError(f"EditCtrl Load Adapters: {exc}") from exc
             if kind == "local_context":
@@ -117,6 +117,7 @@ class EditCtrlAdapterLoader(io.ComfyNode):
             else:
                 glob = module
             names.append(f"{kind.replace('_', ' ')} {choice}")
+        scd = old.variant(**options)
         try:
             scd.attach(local=local, global_context=glob)
         except ValueError as exc:

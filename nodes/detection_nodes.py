@@ -262,7 +262,8 @@ class EditCtrlQwenVLLoader(io.ComfyNode):
             category=CATEGORY + "/objects",
             description="Qwen-VL for object grounding and TMA semantic tokens.",
             inputs=[
-                io.Combo.Input("model", options=[*TINY_QWEN, *model_folders(LLM_FOLDER)], default="tiny",
+                io.Combo.Input("model", options=[*TINY_QWEN, *model_folders(LLM_FOLDER)],
+                               default=next(iter(model_folders(LLM_FOLDER)), "tiny"),
                                tooltip="A Qwen2.5-VL or Qwen3-VL folder under models/LLM (transformers layout, e.g. "
                                        "Qwen2.5-VL-7B-Instruct), or a tiny preset with random weights for tests."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
@@ -514,7 +515,8 @@ class EditCtrlSAMLoader(io.ComfyNode):
             category=CATEGORY + "/objects",
             description="SAM / SAM2 / SAM3 (safetensors folders under models/sams) for SAM Refine.",
             inputs=[
-                io.Combo.Input("model", options=[*TINY_SAM, *model_folders(SAM_FOLDER)], default="tiny-sam2_video",
+                io.Combo.Input("model", options=[*TINY_SAM, *model_folders(SAM_FOLDER)],
+                               default=next(iter(model_folders(SAM_FOLDER)), "tiny-sam2_video"),
                                tooltip="A SAM, SAM2 or SAM3 folder under models/sams (transformers layout, e.g. "
                                        "sam2.1-hiera-large), or a tiny preset with random weights for tests."),
                 io.Combo.Input("mode", options=["auto", "video", "image"], default="auto",

@@ -32,8 +32,13 @@ class EditContext:
 
     @property
     def notes(self) -> list[str]:
-        """What the user should know about this context: the padding applied, an empty mask."""
-        notes = [self.padding.describe()] if self.padding is not None else []
+        """What the user should know about this context: its grid and mask share, the padding applied, an empty
+        mask."""
+        g = self.grid
+        notes = [f"{g.pixel_frames} frames at {g.pixel_height}x{g.pixel_width} -> latent grid {g.frames}x{g.height}x"
+                 f"{g.width} ({g.num_tokens} tokens); the mask covers {int(self.token_mask.sum())} tokens "
+                 f"({100 * self.mask_fraction:.1f}%)"]
+        notes += [self.padding.describe()] if self.padding is not None else []
         if not bool(self.token_mask.any()):
             notes.append("the mask is empty (no pixel >= 0.5), so the sampler will return the source unchanged; "
                          "draw or select the region to edit")

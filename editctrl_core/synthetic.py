@@ -6,8 +6,11 @@ Used by the demo, the tests and the training recipe: they give exact ground trut
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -58,3 +61,24 @@ def make_clip(frames: int = 17, height: int = 64, width: int = 96, seed: int = 0
     mask = torch.stack(masks).float()
     clip = torch.where(mask.unsqueeze(-1) > 0, color.view(1, 1, 1, 3).expand_as(background), background)
     return SyntheticClip(clip, background, mask)
+
+
+def write_demo_clip(path: str | os.PathLike[str], frames: int = 25, height: int = 128, width: int = 192,
+                    seed: int = 3, fps: float = 24.0) -> Path:
+    """The demo clip (a disc moving over a drifting texture, 1 s of a 440 Hz tone per 24 frames) as an mp4 at `path`,
+    written to a temporary name first so a half-written clip never appears."""
+    from .video_io import write_video
+
+    path = Path(path)
+    clip = make_clip(frames, height, width, seed=seed)
+    rate = 44100
+    t = np.arange(int(rate * frames / fps)) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write_video(tmp, clip.frames, fps=fps, audio=(np.stack([tone, tone]), rate))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

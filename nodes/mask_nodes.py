@@ -39,6 +39,9 @@ class EditCtrlRectMask(io.ComfyNode):
         return io.NodeOutput(mask)
 
 
+PREVIEW_FRAMES = 48  # frames of the overlay the node previews (evenly spread; the web extension plays them)
+
+
 class EditCtrlMaskOverlay(io.ComfyNode):
     """Preview the edit region as a red overlay on the frames (the seed's debug column)."""
 
@@ -62,8 +65,8 @@ class EditCtrlMaskOverlay(io.ComfyNode):
     @classmethod
     def execute(cls, images: torch.Tensor, mask: torch.Tensor, opacity: float) -> io.NodeOutput:
         overlay = mask_overlay(images, mask, opacity)
-        middle = overlay[overlay.shape[0] // 2: overlay.shape[0] // 2 + 1]
-        return io.NodeOutput(overlay, ui=ui.PreviewImage(middle, cls=cls))
+        shown = torch.linspace(0, overlay.shape[0] - 1, min(PREVIEW_FRAMES, overlay.shape[0])).round().long().unique()
+        return io.NodeOutput(overlay, ui=ui.PreviewImage(overlay[shown], cls=cls))
 
 
 NODES = [EditCtrlRectMask, EditCtrlMaskOverlay]

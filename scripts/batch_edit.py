@@ -4,7 +4,7 @@ Each clip is uploaded to a server's input folder, the API-format workflow is que
 LoadVideo node (and optionally a new prompt), progress is followed over the server's websocket, and the outputs
 are downloaded next to each other. Clips are shared out over the servers, one clip at a time per server.
 
-    python scripts/batch_edit.py --workflow workflows/editctrl_demo.api.json --clips my_clips/ --out edited/ \\
+    python scripts/batch_edit.py --workflow graphs/editctrl_demo.api.json --clips my_clips/ --out edited/ \\
         --server 127.0.0.1:8188 --server 127.0.0.1:8189 [--prompt "the empty street"] [--prompt-node 5]
 
 Needs `requests` and `websocket-client` (pip install requests websocket-client). Exit code 0 when every clip was

@@ -1,6 +1,6 @@
 """Run a workflow on a real, headless ComfyUI server and print live progress and the output files.
 
-    python scripts/demo.py [--workflow workflows/editctrl_demo.api.json] [--input FILE ...]
+    python scripts/demo.py [--workflow graphs/editctrl_demo.api.json] [--input FILE ...]
 
 The server runs with this repo linked in as a custom node pack (see scripts/setup.sh); its state lives
 in out/demo-server/ and its outputs in out/.  Input files named with --input are uploaded through
@@ -110,7 +110,7 @@ def make_printer(prompt: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Start the server, provide inputs, run the workflow, print its outputs."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workflow", type=Path, default=ROOT / "workflows" / "editctrl_demo.api.json",
+    ap.add_argument("--workflow", type=Path, default=ROOT / "graphs" / "editctrl_demo.api.json",
                     help="API-format (or UI-format) workflow JSON")  # fmt: skip
     ap.add_argument("--input", type=Path, nargs="+", action="extend", default=[], metavar="FILE",
                     help="files to upload to the server's input folder before queueing")  # fmt: skip

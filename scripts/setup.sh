@@ -131,5 +131,16 @@ setup_comfy08 || { echo "failed: scripts/setup.sh could not prepare ComfyUI 0.8.
 
 exec 9>&-
 
+# 5. Headless Chromium for the browser tests (Debian's package; Playwright drives it, no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium (apt) for the browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || log "chromium could not be installed: the browser tests will be skipped with that reason"
+  else
+    log "no /usr/bin/chromium and no root apt-get: the browser tests will be skipped with that reason"
+  fi
+fi
+
 printf 'COMFY=%q\nVENV=%q\nCOMFY08=%q\nVENV08=%q\n' "$COMFY" "$VENV" "$COMFY08" "$VENV08" > "$CACHE/env.sh"
 log "ready: ComfyUI at $COMFY, venv at $VENV; ComfyUI 0.8.0: $(cat "$COMFY08_STATUS")"

@@ -23,7 +23,7 @@ from editctrl_core.synthetic import make_clip
 from editctrl_core.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "detect_sam_edit.api.json"
+WORKFLOW = REPO / "graphs" / "detect_sam_edit.api.json"
 CLIP_NAME = "editctrl_demo.mp4"
 BOXES = {0: (49.0, 39.0, 95.0, 85.0), 24: (81.0, 67.0, 127.0, 113.0)}  # the disc on keyframes 0 and 24 (node 7)
 NODE_IDS = ["EditCtrlQwenVLLoader", "EditCtrlDetectObjects", "EditCtrlDetectionsFromJSON", "EditCtrlSelectObjects",

@@ -18,7 +18,7 @@ from editctrl_core.synthetic import make_clip
 from editctrl_core.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
+WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
 NODE_IDS = ["EditCtrlModelLoader", "EditCtrlTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
             "EditCtrlSampler", "EditCtrlBlendSettings", "EditCtrlRegion", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
 
@@ -271,7 +271,7 @@ def test_demo_workflow_file_is_valid_json_for_every_node(comfy_server: ComfyServ
         assert set(node["inputs"]) <= allowed, (node_id, set(node["inputs"]) - allowed)
 
 
-@pytest.mark.parametrize("ui_file", sorted((REPO / "workflows").glob("*.ui.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("ui_file", sorted((REPO / "graphs").glob("*.ui.json")), ids=lambda p: p.name)
 def test_ui_workflow_converts_to_its_api_twin(comfy_server: ComfyServer, ui_file: Path) -> None:
     from workflow_convert import convert
 
@@ -282,7 +282,7 @@ def test_ui_workflow_converts_to_its_api_twin(comfy_server: ComfyServer, ui_file
 
 
 def test_multiregion_windowed_workflow(comfy_server: ComfyServer, demo_clip: Path) -> None:
-    wf = json.loads((REPO / "workflows" / "editctrl_multiregion.api.json").read_text())
+    wf = json.loads((REPO / "graphs" / "editctrl_multiregion.api.json").read_text())
     wf["30"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/multi"}}
     with comfy_server.client() as client:
         pid = client.queue(wf)
@@ -297,7 +297,7 @@ def test_multiregion_windowed_workflow(comfy_server: ComfyServer, demo_clip: Pat
 
 
 def test_region_mask_of_another_size_is_refused(comfy_server: ComfyServer, demo_clip: Path) -> None:
-    wf = json.loads((REPO / "workflows" / "editctrl_multiregion.api.json").read_text())
+    wf = json.loads((REPO / "graphs" / "editctrl_multiregion.api.json").read_text())
     wf["31"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 25, "color": 0}}
     wf["17"]["inputs"].update({"images": ["31", 0], "x": 0, "y": 0})
     result = comfy_server.run(wf, timeout=300, check=False)
@@ -355,7 +355,7 @@ def test_demo_with_shipped_trained_weights(comfy_server: ComfyServer, demo_clip:
     for folder, name in [*layout.items(), ("editctrl", "editctrl_tiny_global.safetensors")]:
         (comfy_server.models_dir / folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "weights" / name, comfy_server.models_dir / folder / name)
-    wf = json.loads((REPO / "workflows" / "editctrl_demo_trained.api.json").read_text())
+    wf = json.loads((REPO / "graphs" / "editctrl_demo_trained.api.json").read_text())
     wf["30"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "e2e/trained"}}
     result = comfy_server.run(wf, timeout=600, check=False)
     assert result.error is None, result.error

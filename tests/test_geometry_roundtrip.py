@@ -71,11 +71,12 @@ def test_any_shape_comes_back_with_its_own_frames_and_size_and_the_source_outsid
         assert ctx.padding.describe() == "" or f"{f} frames at {h}x{w}" in ctx.padding.describe()
 
 
-def test_a_valid_shape_is_not_padded_and_the_notes_say_nothing(parts):
+def test_a_valid_shape_is_not_padded_and_the_notes_say_only_the_grid(parts):
     frames, mask = torch.rand(9, 64, 64, 3), torch.zeros(9, 64, 64)
     mask[:, :20, :20] = 1
     _, ctx = _edit(parts, frames, mask)
-    assert ctx.padding.is_identity and ctx.notes == [] and torch.equal(ctx.frames, frames)
+    assert ctx.padding.is_identity and torch.equal(ctx.frames, frames)
+    assert ctx.notes == ["9 frames at 64x64 -> latent grid 2x2x2 (8 tokens); the mask covers 2 tokens (25.0%)"]
 
 
 def test_an_empty_mask_says_so_and_returns_the_source_latents(parts):

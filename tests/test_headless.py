@@ -16,7 +16,7 @@ from editctrl_core.synthetic import make_clip
 from editctrl_core.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
+WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
 
 
 def _small_workflow(tmp_path: Path) -> Path:
@@ -88,7 +88,7 @@ def test_batch_script_edits_a_folder_on_two_servers(comfy_server: ComfyServer, t
 
 
 def test_batch_script_refuses_bad_arguments(tmp_path: Path) -> None:
-    ui = REPO / "workflows" / "editctrl_demo.ui.json"
+    ui = REPO / "graphs" / "editctrl_demo.ui.json"
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "batch_edit.py"), "--workflow", str(ui),
                            "--clips", str(tmp_path), "--out", str(tmp_path / "o"), "--server", "127.0.0.1:1"],
                           capture_output=True, text=True, timeout=60)

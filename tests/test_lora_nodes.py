@@ -21,7 +21,7 @@ from editctrl_core.video_io import write_video
 from training.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
+WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
 CLIP = "lora_nodes_clip.mp4"
 
 

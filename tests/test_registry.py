@@ -101,7 +101,7 @@ def test_packed_zip_holds_what_a_user_needs_and_nothing_else(snapshot: Path, tmp
     assert size <= PACK_LIMIT, f"{size} bytes"
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
                    "nodes/edit_nodes.py", "editctrl_core/sampler.py", "editctrl_core/presets/tiny.json",
-                   "weights/editctrl_tiny.safetensors", "workflows/editctrl_demo.api.json"):
+                   "weights/editctrl_tiny.safetensors", "graphs/editctrl_demo.api.json"):
         assert needed in names, needed
     for folder in ("tests/", "training/", "benchmarks/", "docs/", ".ci/"):
         assert not any(n.startswith(folder) for n in names), folder

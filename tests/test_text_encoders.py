@@ -303,7 +303,7 @@ def test_loader_node_reads_files_from_comfyui_model_folders(comfy_server: ComfyS
     clip = tmp_path / "text_node_clip.mp4"
     write_video(clip, make_clip(9, 64, 96, seed=2).frames, fps=24)
     comfy_server.upload_image(clip)
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "editctrl_demo.api.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[1] / "graphs" / "editctrl_demo.api.json").read_text())
     wf["1"]["inputs"]["file"] = clip.name
     wf["4"] = {"class_type": "EditCtrlLTXTextEncoderLoader", "inputs": {
         "text_encoder": "gemma_tiny_it.safetensors", "connectors": "checkpoints/ltx-tiny-with-connectors.safetensors",

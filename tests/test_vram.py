@@ -18,7 +18,7 @@ from editctrl_core.synthetic import make_clip
 from editctrl_core.video_io import write_video
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "workflows" / "editctrl_demo.api.json"
+WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
 CLIP = "editctrl_vram_clip.mp4"
 
 

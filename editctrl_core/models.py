@@ -13,13 +13,17 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-from diffusers.loaders.single_file_utils import (
-    convert_ltx2_transformer_to_diffusers,
-    convert_ltx2_vae_to_diffusers,
-)
+from diffusers.loaders.single_file_utils import convert_ltx2_vae_to_diffusers
 from safetensors import SafetensorError, safe_open
 
 from .fp8 import strict_load_fp8
+from .native import (
+    NativeFormatError,
+    checkpoint_metadata,
+    diffusers_state_to_official,
+    official_state_to_diffusers,
+    vae_metadata,
+)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 OFFICIAL_TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -135,11 +139,38 @@ def read_safetensors_header(path: str | Path) -> dict[str, tuple[tuple[int, ...]
         raise ModelLoadError(f"{path.name} is not a readable safetensors file ({exc})") from exc
 
 
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header ({} when it has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{Path(path).name} is not a readable safetensors file ({exc})") from exc
+
+
+def recorded_transformer_config(metadata: dict[str, str]) -> dict[str, Any]:
+    """The diffusers transformer config a file written by `save_transformer_official` records
+    (``editctrl.transformer_config``), or {}."""
+    raw = metadata.get("editctrl.transformer_config")
+    if not raw:
+        return {}
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"editctrl.transformer_config metadata is not valid JSON ({exc})") from exc
+    return config if isinstance(config, dict) else {}
+
+
 def transformer_state_from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Diffusers-layout transformer weights from an official single-file checkpoint or a diffusers state dict."""
+    """Diffusers-layout transformer weights from an official single-file checkpoint or a diffusers state dict.
+
+    Official keys are renamed through the pack's one LTX-2 rename table (`lora.native_to_diffusers`, shared with the
+    LoRA files): diffusers 0.42.1's `convert_ltx2_transformer_to_diffusers` leaves LTX-2.3's `prompt_adaln_single`
+    unrenamed, so strict loading of 2.3 files failed through it. The text connectors stored under the same prefix
+    are left out, as diffusers' converter does.
+    """
     if any(k.startswith(OFFICIAL_TRANSFORMER_PREFIX) for k in state):
-        official = {k: v for k, v in state.items() if k.startswith(OFFICIAL_TRANSFORMER_PREFIX)}
-        return convert_ltx2_transformer_to_diffusers(official)
+        return official_state_to_diffusers(state, OFFICIAL_TRANSFORMER_PREFIX)
     if any(k.startswith("transformer.") for k in state):
         return {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     return dict(state)
@@ -193,9 +224,7 @@ def detect_preset(keys: dict[str, tuple[tuple[int, ...], str]] | dict[str, torch
     """Name of the preset whose architecture matches a transformer state dict's keys and shapes."""
     shapes = {k: tuple(v[0]) if isinstance(v, tuple) else tuple(v.shape) for k, v in keys.items()}
     if any(k.startswith(OFFICIAL_TRANSFORMER_PREFIX) for k in shapes):
-        shapes = {k[len(OFFICIAL_TRANSFORMER_PREFIX):]: v for k, v in shapes.items()
-                  if k.startswith(OFFICIAL_TRANSFORMER_PREFIX)}
-        shapes = {k.replace("patchify_proj", "proj_in"): v for k, v in shapes.items()}
+        shapes = official_state_to_diffusers(shapes, OFFICIAL_TRANSFORMER_PREFIX)
     elif any(k.startswith("transformer.") for k in shapes):
         shapes = {k[len("transformer."):]: v for k, v in shapes.items() if k.startswith("transformer.")}
     proj = shapes.get("proj_in.weight")
@@ -275,6 +304,10 @@ def load_models(source: str | Path | None, preset_name: str = "auto", *, dtype: 
     header = read_safetensors_header(path)
     detected = detect_preset(header)
     preset = _check_preset(preset_name, detected, path.name)
+    recorded = recorded_transformer_config(read_safetensors_metadata(path))
+    # a file we wrote names its exact config (e.g. a preset variant with other audio channels): the strict load
+    # below still checks every key and shape against it
+    preset.transformer = {**preset.transformer, **{k: v for k, v in recorded.items() if k in preset.transformer}}
     state = read_safetensors(path)
     t_state = transformer_state_from_checkpoint({k: v for k, v in state.items() if not k.startswith(
         (OFFICIAL_VAE_PREFIX, "audio_vae.", "vocoder.", "text_embedding_projection."))})
@@ -302,32 +335,31 @@ def _check_preset(requested: str, detected: str, what: str) -> Preset:
 
 def save_transformer_official(model: LTX2VideoTransformer3DModel, path: str | Path,
                               vae: AutoencoderKLLTX2Video | None = None) -> None:
-    """Write weights in the official single-file layout (`model.diffusion_model.*`, `vae.*`); used to make test files."""
+    """Write weights in the official single-file layout (`model.diffusion_model.*`, `vae.*`), as ComfyUI and
+    ltx-core load them: keys through the one rename table, and the architecture in ``metadata["config"]`` (without
+    it ComfyUI 0.8.0 assumes the 19B model). A transformer the official config cannot describe is still written,
+    without ``config`` and with the reasons in ``editctrl.config_problems``. Used to make test and demo files."""
     from safetensors.torch import save_file
 
-    inverse = {
-        "proj_in": "patchify_proj", "audio_proj_in": "audio_patchify_proj",
-        "av_cross_attn_video_scale_shift": "av_ca_video_scale_shift_adaln_single",
-        "av_cross_attn_video_a2v_gate": "av_ca_a2v_gate_adaln_single",
-        "av_cross_attn_audio_scale_shift": "av_ca_audio_scale_shift_adaln_single",
-        "av_cross_attn_audio_v2a_gate": "av_ca_v2a_gate_adaln_single",
-        "video_a2v_cross_attn_scale_shift_table": "scale_shift_table_a2v_ca_video",
-        "audio_a2v_cross_attn_scale_shift_table": "scale_shift_table_a2v_ca_audio",
-        "norm_q": "q_norm", "norm_k": "k_norm",
-    }
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        new = key
-        if new.startswith("time_embed."):
-            new = "adaln_single." + new[len("time_embed."):]
-        elif new.startswith("audio_time_embed."):
-            new = "audio_adaln_single." + new[len("audio_time_embed."):]
-        parts = new.split(".")
-        parts = [inverse.get(p, p) for p in parts]
-        out[OFFICIAL_TRANSFORMER_PREFIX + ".".join(parts)] = value.contiguous()
+    out = diffusers_state_to_official({k: v.contiguous() for k, v in model.state_dict().items()},
+                                      OFFICIAL_TRANSFORMER_PREFIX)
+    try:
+        metadata = checkpoint_metadata(model.config, None if vae is None else vae.config)
+    except NativeFormatError as exc:
+        metadata = {"editctrl.config_problems": str(exc), **({} if vae is None else vae_metadata(vae.config))}
     if vae is not None:
         out.update(_vae_official_state(vae))
-    save_file(out, str(path))
+    save_file(out, str(path), metadata=metadata)
+
+
+def save_vae_official(vae: AutoencoderKLLTX2Video, path: str | Path) -> None:
+    """Write a video VAE as models/vae files hold it: official keys without the ``vae.`` prefix and, when the layout
+    has one, its official config in ``metadata["config"]["vae"]``. (ComfyUI 0.8.0 reads that config for a VAE inside
+    a checkpoint, CheckpointLoaderSimple; its VAELoader ignores metadata and guesses the 19B-size layout.)"""
+    from safetensors.torch import save_file
+
+    state = {k[len(OFFICIAL_VAE_PREFIX):]: v for k, v in _vae_official_state(vae).items()}
+    save_file(state, str(path), metadata=vae_metadata(vae.config))
 
 
 def _vae_official_state(vae: AutoencoderKLLTX2Video) -> dict[str, torch.Tensor]:

@@ -12,7 +12,11 @@ What is cached once per edit (exact: none of it depends on the step):
 
 The silent one-token audio stream that ``LTX2Stack.run_blocks`` carries through every block is skipped: with
 audio↔video cross-attention off it never reaches the video output. :class:`GraphedStep` replays a step as a CUDA
-graph (no per-kernel launch cost). LTX-2.3/2.5 blocks (gated attention, prompt AdaLN) are reproduced too: LTX-2.5's
+graph (no per-kernel launch cost). Across edits (per process, checked by value against the inputs, the weights and
+the LoRA hooks): :class:`StepCache` keeps the last prepared step of each kind with its graph — the same edit again
+reuses everything, another edit of the same token count refills the captured buffers — and :class:`EncoderCache`
+the SCD encoder output. Cold edits avoid cuDNN's per-shape attention plans where flash attention costs less
+(:func:`attention`), and the rotary embedding and the feed-forward GELU run in fewer kernels with the same arithmetic. LTX-2.3/2.5 blocks (gated attention, prompt AdaLN) are reproduced too: LTX-2.5's
 prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so the noisy
 tokens' prompt keys/values are recomputed every step (the one-way prefix's use σ=0 and stay cached). Perturbed
 attention (STG) is not used by the edit sampler.
@@ -20,12 +24,16 @@ attention (STG) is not used by the edit sampler.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.activations import GELU
 from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .adapters import LocalContextModule, rope_3d, timestep_embedding
 from .scd import DecodePlan, LTX2Stack, SCDModel, TextContext, shift_one_frame
@@ -45,11 +53,109 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
-def _apply_rope(x: torch.Tensor, rope: Rope, rope_type: str) -> torch.Tensor:
-    """LTX-2 rotary embedding on [B,S,H·D] projections (diffusers' own functions, so the numbers are identical)."""
+class SplitRope(NamedTuple):
+    """LTX-2's split rotary tables laid out token-major [B,S,H,1,D/2] (float32): cos, sin and −sin, so that one
+    rotation is four kernels on the projection as it comes out of the matmul (diffusers' runs six, two of them
+    float32 transposing copies, plus a negation every call). Same arithmetic, so the numbers are bit-identical."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    neg_sin: torch.Tensor
+
+
+def split_rope(rope: Rope | SplitRope, rope_type: str) -> Rope | SplitRope:
+    """Precompute :class:`SplitRope` tables from diffusers' (cos, sin) [B,H,S,D/2] (split rope only; other layouts
+    and already converted tables are returned as they are). Once per edit."""
+    if rope_type != "split" or isinstance(rope, SplitRope):
+        return rope
+    cos, sin = rope
+    if cos.ndim != 4:
+        return rope
+    cos_t = cos.float().permute(0, 2, 1, 3).unsqueeze(-2).contiguous()
+    sin_t = sin.float().permute(0, 2, 1, 3).unsqueeze(-2).contiguous()
+    return SplitRope(cos_t, sin_t, -sin_t)
+
+
+def _rotate_split(x: torch.Tensor, rope: SplitRope, out: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B,S,H·D] with token-major tables into out [B,S,H,2,D/2] (x's dtype, any strides): the float32
+    product x·cos once, then each half's float32 multiply-add rounded straight into `out` — diffusers' arithmetic
+    (upcast, multiply, two multiply-adds, one rounding) in three kernels."""
+    b, s = x.shape[:2]
+    heads, half = rope.cos.shape[2], rope.cos.shape[-1]
+    split = x.view(b, s, heads, 2, half)
+    prod = split * rope.cos  # bf16 × f32 → f32, as diffusers' upcast-then-multiply
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or rope.cos.requires_grad)):
+        # out= has no autograd and breaks dynamo graphs: the same arithmetic in place, then one rounding copy
+        prod[..., :1, :].addcmul_(split[..., 1:, :], rope.neg_sin)
+        prod[..., 1:, :].addcmul_(split[..., :1, :], rope.sin)
+        return out.copy_(prod)
+    torch.addcmul(prod[..., :1, :], split[..., 1:, :], rope.neg_sin, out=out[..., :1, :])
+    torch.addcmul(prod[..., 1:, :], split[..., :1, :], rope.sin, out=out[..., 1:, :])
+    return out
+
+
+def _apply_rope(x: torch.Tensor, rope: Rope | SplitRope, rope_type: str) -> torch.Tensor:
+    """LTX-2 rotary embedding on [B,S,H·D] projections (diffusers' own functions, or the same arithmetic on
+    :class:`SplitRope` tables, so the numbers are identical)."""
+    if isinstance(rope, SplitRope):
+        b, s = x.shape[:2]
+        out = x.new_empty(b, s, rope.cos.shape[2], 2, rope.cos.shape[-1])
+        return _rotate_split(x, rope, out).view(b, s, -1)
     if rope_type == "split":
         return apply_split_rotary_emb(x, rope)
     return apply_interleaved_rotary_emb(x, rope)
+
+
+def _rope_heads_into(x: torch.Tensor, rope: Rope | SplitRope, rope_type: str, heads: int,
+                     out: torch.Tensor) -> None:
+    """Rotate x [B,S,H·D] and write it, heads split, into out [B,H,S,D] (on :class:`SplitRope` tables the rounding
+    writes straight into `out`: no separate copy)."""
+    if isinstance(rope, SplitRope):
+        _rotate_split(x, rope, out.transpose(1, 2).unflatten(-1, (2, -1)))
+    else:
+        out.copy_(_heads(_apply_rope(x, rope, rope_type), heads))
+
+
+# Attention kernels. cuDNN's fused attention (PyTorch's first choice on Hopper) builds an execution plan for every new
+# shape, about 50 ms each on an H200 — most of what a cold edit paid: the frame-causal encoder alone meets one shape per
+# latent frame. Flash attention has no per-shape plan and is somewhat slower per call. So a shape takes flash when the
+# time flash would lose over an edit (its FLOPs × the calls of that shape per edit, at an assumed ≈350 vs ≈550 TFLOP/s)
+# is below one plan build: the once-per-edit passes and the steps of small masks; large masks keep cuDNN, whose plan is
+# built once and replayed by the CUDA graph every step.
+PLAN_COST_FLOPS = 5e13
+STEPS_HINT = 30  # steps an edit runs (LTX-2's default), for a step's calls per edit
+_PLAN_FREE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+              repeats: int | None = None) -> torch.Tensor:
+    """scaled_dot_product_attention on [B,H,S,D]. ``repeats``: how often this shape runs per edit (None: many);
+    on CUDA a shape whose attention work over the edit is below :data:`PLAN_COST_FLOPS` avoids cuDNN's per-shape
+    plan. Same function, another kernel (rounding-level differences only)."""
+    if q.is_cuda and repeats is not None and not torch.compiler.is_compiling():
+        flops = 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3] * repeats
+        if flops < PLAN_COST_FLOPS:
+            with sdpa_kernel(_PLAN_FREE):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _feed_forward(ff: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's feed-forward; on CUDA the tanh-GELU runs in the first matmul's epilogue (cuBLASLt) instead of as a
+    separate pass over the 4×-wide activations. Falls back to the module when anything else is attached (a LoRA's
+    forward hook on the projection, another layer type)."""
+    net = getattr(ff, "net", None)
+    if (x.is_cuda and net is not None and len(net) >= 3 and not torch.compiler.is_compiling()
+            and isinstance(net[0], GELU) and net[0].approximate == "tanh" and type(net[0].proj) is torch.nn.Linear
+            and net[0].proj.bias is not None and type(net[2]) is torch.nn.Linear
+            and all(isinstance(m, torch.nn.Dropout) and not m.training for i, m in enumerate(net) if i not in (0, 2))
+            and not (net[0]._forward_hooks or net[0]._forward_pre_hooks or net[0].proj._forward_hooks
+                     or net[0].proj._forward_pre_hooks or ff._forward_hooks or ff._forward_pre_hooks)
+            and net[0].proj.weight.dtype == x.dtype):
+        proj = net[0].proj
+        hidden = torch._addmm_activation(proj.bias, x.reshape(-1, x.shape[-1]), proj.weight.t(), use_gelu=True)
+        return net[2](hidden).view(*x.shape[:-1], -1)
+    return ff(x)
 
 
 def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +168,14 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _modulate(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """AdaLN modulation normed·(1 + scale) + shift in one kernel."""
     return torch.addcmul(shift, normed, 1 + scale)
+
+
+def live_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """An additive attention bias, or None when it masks nothing (all zeros: e.g. a prompt whose every token is
+    valid, as LTX-2's connectors return it), so attention can take the unmasked flash kernels. Once per edit."""
+    if bias is None or bool(bias.any()):
+        return bias
+    return None
 
 
 def check_supported(stack: LTX2Stack, sigma_text: bool = True) -> None:
@@ -88,12 +202,18 @@ class PrefixBuffer(BlockKV):
     prefix_len: int = 0
 
     @classmethod
-    def around(cls, prefix: BlockKV, n: int) -> PrefixBuffer:
-        """Buffers for `prefix` followed by n more tokens."""
+    def around(cls, prefix: BlockKV, n: int, out: PrefixBuffer | None = None) -> PrefixBuffer:
+        """Buffers for `prefix` followed by n more tokens (written into `out`'s storage when given: a buffer of the
+        same shape that a captured CUDA graph reads)."""
         b, h, p, d = prefix.k.shape
-        k, v = prefix.k.new_empty(b, h, p + n, d), prefix.v.new_empty(b, h, p + n, d)
+        if out is not None:
+            if tuple(out.k.shape) != (b, h, p + n, d) or out.prefix_len != p:
+                raise ValueError(f"prefix buffer {tuple(out.k.shape)} cannot hold {(b, h, p + n, d)}")
+            k, v = out.k, out.v
+        else:
+            k, v = prefix.k.new_empty(b, h, p + n, d), prefix.v.new_empty(b, h, p + n, d)
         k[:, :, :p], v[:, :, :p] = prefix.k, prefix.v
-        return cls(k, v, p)
+        return out if out is not None else cls(k, v, p)
 
 
 def text_kv(attn: torch.nn.Module, context: torch.Tensor) -> BlockKV:
@@ -122,27 +242,30 @@ def _attention_out(attn: torch.nn.Module, out: torch.Tensor, gate_source: torch.
     return attn.to_out[0](out)
 
 
-def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int) -> torch.Tensor:
+def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int,
+                           repeats: int | None = None) -> torch.Tensor:
     """Frame-block-causal attention by chunks (frame i attends to frames ≤ i): no mask tensor, about half the work."""
     n = q.shape[2]
     outs = []
     for start in range(0, n, frame_tokens):
         end = min(start + frame_tokens, n)
-        outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end]))
+        outs.append(attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], repeats=repeats))
     return torch.cat(outs, dim=2)
 
 
 def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, rope_type: str,
                 text: BlockKV, text_bias: torch.Tensor | None, *, prefix: BlockKV | None = None,
                 self_bias: torch.Tensor | None = None, frame_tokens: int | None = None,
-                branch: Branch | None = None, keep_kv: bool = False) -> tuple[torch.Tensor, BlockKV | None]:
+                branch: Branch | None = None, keep_kv: bool = False,
+                repeats: int | None = None) -> tuple[torch.Tensor, BlockKV | None]:
     """The video half of an ``LTX2VideoTransformerBlock`` with cached text keys/values.
 
     ``prefix``: cached keys/values prepended to this block's self-attention keys (one-way prefix); ``self_bias``: an
     additive self-attention mask; ``frame_tokens``: frame-block-causal attention by chunks; ``branch``: a global-context
     cross-attention module and its cached keys/values, whose output is added to the text cross-attention output.
-    Returns the new hidden states and, with
-    ``keep_kv``, this block's own self-attention keys/values (rotated) for a prefix cache.
+    ``repeats``: how often this block's shapes run per edit (the attention kernel choice, see :func:`attention`).
+    Returns the new hidden states and, with ``keep_kv``, this block's own self-attention keys/values (rotated) for
+    a prefix cache.
     """
     batch = hidden.shape[0]
     table = block.scale_shift_table
@@ -151,20 +274,27 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     attn = block.attn1
     normed = _modulate(_norm(block.norm1, hidden), scale_msa, shift_msa)
     q = _heads(_apply_rope(attn.norm_q(attn.to_q(normed)), rope, rope_type), attn.heads)
-    k = _heads(_apply_rope(attn.norm_k(attn.to_k(normed)), rope, rope_type), attn.heads)
-    v = _heads(attn.to_v(normed), attn.heads)
-    own = BlockKV(k, v) if keep_kv else None
-    if isinstance(prefix, PrefixBuffer):
-        prefix.k[:, :, prefix.prefix_len:].copy_(k)
-        prefix.v[:, :, prefix.prefix_len:].copy_(v)
+    own = None
+    if isinstance(prefix, PrefixBuffer) and not keep_kv:
+        # the step's own keys are rotated straight into the buffer behind the cached prefix (no separate copy)
+        tail = slice(prefix.prefix_len, None)
+        _rope_heads_into(attn.norm_k(attn.to_k(normed)), rope, rope_type, attn.heads, prefix.k[:, :, tail])
+        prefix.v[:, :, tail].copy_(_heads(attn.to_v(normed), attn.heads))
         k, v = prefix.k, prefix.v
-    elif prefix is not None:
-        k, v = torch.cat([prefix.k, k], dim=2), torch.cat([prefix.v, v], dim=2)
-    if frame_tokens is not None:
-        out = frame_causal_attention(q, k, v, frame_tokens)
     else:
-        mask = None if self_bias is None else self_bias.unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        k = _heads(_apply_rope(attn.norm_k(attn.to_k(normed)), rope, rope_type), attn.heads)
+        v = _heads(attn.to_v(normed), attn.heads)
+        own = BlockKV(k, v) if keep_kv else None
+        if isinstance(prefix, PrefixBuffer):
+            prefix.k[:, :, prefix.prefix_len:].copy_(k)
+            prefix.v[:, :, prefix.prefix_len:].copy_(v)
+            k, v = prefix.k, prefix.v
+        elif prefix is not None:
+            k, v = torch.cat([prefix.k, k], dim=2), torch.cat([prefix.v, v], dim=2)
+    if frame_tokens is not None:
+        out = frame_causal_attention(q, k, v, frame_tokens, repeats)
+    else:
+        out = attention(q, k, v, None if self_bias is None else self_bias.unsqueeze(1), repeats=repeats)
     hidden = torch.addcmul(hidden, _attention_out(attn, out, normed), gate_msa)
     attn = block.attn2
     normed = _norm(block.norm2, hidden)
@@ -173,7 +303,7 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
         normed = _modulate(normed, scale_q, shift_q)
     q = _heads(attn.norm_q(attn.to_q(normed)), attn.heads)
     mask = None if text_bias is None else text_bias.unsqueeze(1)
-    out = _attention_out(attn, F.scaled_dot_product_attention(q, text.k, text.v, attn_mask=mask), normed)
+    out = _attention_out(attn, attention(q, text.k, text.v, mask, repeats=repeats), normed)
     if branch is not None:
         module, kv = branch
         out = out + module(normed, None, None, kv).to(out.dtype)
@@ -181,7 +311,7 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
         out = out * gate_q
     hidden = hidden + out
     normed = _modulate(_norm(block.norm3, hidden), scale_mlp, shift_mlp)
-    return torch.addcmul(hidden, block.ff(normed), gate_mlp), own
+    return torch.addcmul(hidden, _feed_forward(block.ff, normed), gate_mlp), own
 
 
 class FastLocal:
@@ -234,11 +364,14 @@ class FastDecoder:
     """Per-step SCD decoder over a plan's selected tokens with per-edit caches; ``__call__(x, σ)`` = ``decode``."""
 
     def __init__(self, scd: SCDModel, plan: DecodePlan, *, one_way_prefix: bool | None = None,
-                 self_bias: torch.Tensor | None = None, compile: bool | str = False):
+                 self_bias: torch.Tensor | None = None, compile: bool | str = False, defer: bool = False):
         """Precompute the per-edit caches. ``one_way_prefix`` defaults to the model's ``SCDOptions.prefix``;
         ``self_bias`` (uncached path only) is an additive [B,2n,2n] mask; ``compile`` runs the blocks through
-        :func:`compiled_video_block` (True: inductor; or a backend name)."""
+        :func:`compiled_video_block` (True: inductor; or a backend name). ``defer`` leaves the caches (text
+        keys/values, the prefix pass) to :meth:`build`, so a :class:`StepCache` can first check whether a prepared
+        step of the same edit already holds them."""
         self.block_fn = compiled_video_block("inductor" if compile is True else compile) if compile else video_block
+        self.compile = compile
         if one_way_prefix is None:
             one_way_prefix = scd.options.prefix == "one_way"
         if not scd.options.concat:
@@ -255,9 +388,11 @@ class FastDecoder:
         self.one_way = one_way_prefix
         self.self_bias = self_bias
         batch = plan.prefix.shape[0]
+        self.batch = batch
         self.n = plan.index.numel()
         text = plan.text.repeat(batch)
-        bias = text.video_bias
+        self.text = text
+        bias = live_bias(text.video_bias)
         if bias is not None and bias.shape[1] > 1 and one_way_prefix:
             # per-token prompt masks (several regions) come doubled for [prefix; noisy]: split them
             self.prefix_text_bias, self.text_bias = bias[:, :self.n], bias[:, self.n:]
@@ -265,25 +400,70 @@ class FastDecoder:
             self.prefix_text_bias = self.text_bias = bias
         self.text_video = text.video
         self.sigma_text = s.prompt_depends_on_sigma
-        self.text_kv = None if self.sigma_text else [block_text_kv(b, text.video, None) for b in self.blocks]
         self.global_kv = dict(plan.extras.get("global_kv", {}))
         self.branches = [self._branch(rel) for rel in range(len(self.blocks))]
-        self.rope = s.rope(plan.coords)
-        self.rope_concat = plan.rotary
+        self.rope = split_rope(s.rope(plan.coords), self.rope_type)
+        self.rope_concat = plan.rotary if one_way_prefix else split_rope(plan.rotary, self.rope_type)
         self.local = None
-        if scd.local is not None:
-            tokens = plan.extras["local_tokens"].expand(batch, -1, -1)
-            self.local = FastLocal(scd.local, tokens, plan.extras["local_coords"], text.video, text.key_bias())
-        self.prefix_kv: list[BlockKV] | None = None
+        self.text_kv: list[BlockKV] | None = None
+        self.prefix_kv: list[PrefixBuffer] | None = None
         self.prefix = plan.prefix.contiguous()
         self.prefix_temb = plan.prefix_time[:, :1].contiguous()
-        if one_way_prefix:
+        self.built = False
+        if not defer:
+            self.build()
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a :class:`StepCache` may refill this step's buffers for another edit of the same layout (the
+        one-way prefix without adapters; other configurations are prepared afresh every edit)."""
+        return (self.one_way and self.self_bias is None and self.scd.local is None
+                and self.scd.global_context is None)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules whose weights the step reads."""
+        return [m for m in (self.stack.model, self.scd.local, self.scd.global_context) if m is not None]
+
+    def inputs(self) -> list[torch.Tensor | None]:
+        """Everything besides the weights that the per-edit caches are computed from."""
+        return [self.plan.coords, self.prefix, self.prefix_temb, self.text_video, self.text.video_bias]
+
+    def layout(self) -> tuple:
+        """What a captured step depends on beyond its inputs' values."""
+        return ("scd", self.split, self.one_way, self.n, self.batch, self.sigma_text, self.rope_type,
+                str(self.compile), tensor_layout([self.text_bias, self.prefix_text_bias]))
+
+    def build(self, prefix_into: list[PrefixBuffer] | None = None) -> FastDecoder:
+        """Compute the per-edit caches: prompt keys/values and, with the one-way prefix, the prefix pass (its
+        keys/values written into `prefix_into` when given)."""
+        s, batch, text = self.stack, self.batch, self.text
+        self.text_kv = None if self.sigma_text else [block_text_kv(b, text.video, None) for b in self.blocks]
+        if self.scd.local is not None:
+            tokens = self.plan.extras["local_tokens"].expand(batch, -1, -1)
+            self.local = FastLocal(self.scd.local, tokens, self.plan.extras["local_coords"], text.video,
+                                   text.key_bias())
+        if self.one_way:
             prefix_text = self.text_kv
             if prefix_text is None:  # the prefix's prompt is modulated at its own σ=0 (see SCDModel.decode)
                 zero = torch.zeros(batch, device=s.device)
                 temb_prompt = s.time(zero, zero).temb_prompt
                 prefix_text = [block_text_kv(b, text.video, temb_prompt) for b in self.blocks]
-            self.prefix_kv = [PrefixBuffer.around(kv, self.n) for kv in self._prefix_pass(prefix_text)]
+            self.prefix_kv = self._prefix_pass(prefix_text, prefix_into)
+        self.built = True
+        return self
+
+    def step_tensors(self) -> list[torch.Tensor | None]:
+        """The per-edit tensors a step reads besides the prefix buffers (what a refill copies)."""
+        out: list[torch.Tensor | None] = [*self.rope, self.text_bias, self.text_video]
+        for kv in self.text_kv or []:
+            out += [kv.k, kv.v]
+        return out
+
+    def refill_from(self, other: FastDecoder) -> None:
+        """Load another edit's caches into this step's tensors (same layout), so a graph captured on this step
+        replays the other edit: its prefix pass writes straight into this step's buffers."""
+        other.build(prefix_into=self.prefix_kv)
+        copy_into(self.step_tensors(), other.step_tensors())
 
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""
@@ -296,19 +476,23 @@ class FastDecoder:
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         return self.scd.global_context.branch_module(rel), (k, v)
 
-    def _prefix_pass(self, text: list[BlockKV]) -> list[BlockKV]:
-        """Run the prefix alone through the decoder blocks at σ=0 and keep every block's self-attention keys/values
-        (once per edit)."""
+    def _prefix_pass(self, text: list[BlockKV], into: list[PrefixBuffer] | None = None) -> list[PrefixBuffer]:
+        """Run the prefix alone through the decoder blocks at σ=0; every block's self-attention keys/values go
+        straight into its prefix buffer (`into`'s when given; once per edit)."""
         cache = []
         hidden = self.prefix
         for rel, block in enumerate(self.blocks):
             hidden, own = self.block_fn(block, hidden, self.prefix_temb, self.rope, self.rope_type, text[rel],
-                                        self.prefix_text_bias, branch=self.branches[rel], keep_kv=True)
-            cache.append(own)
+                                        self.prefix_text_bias, branch=self.branches[rel], keep_kv=True,
+                                        repeats=len(self.blocks))
+            cache.append(PrefixBuffer.around(own, self.n, None if into is None else into[rel]))
+            del own
         return cache
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the selected noisy tokens x [B,n,C] at σ [B] (float32 σ on the model's device)."""
+        if not self.built:
+            self.build()
         s, n = self.stack, self.n
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
@@ -327,7 +511,8 @@ class FastDecoder:
         for rel, block in enumerate(self.blocks):
             prefix = prefix_kv[rel] if prefix_kv is not None else None
             hidden, _ = self.block_fn(block, hidden, temb, rope, self.rope_type, text[rel], self.text_bias,
-                                      prefix=prefix, self_bias=self.self_bias, branch=self.branches[rel])
+                                      prefix=prefix, self_bias=self.self_bias, branch=self.branches[rel],
+                                      repeats=len(self.blocks) * STEPS_HINT)
             r = residuals.get(rel)
             if r is not None:
                 if self.one_way:
@@ -353,22 +538,24 @@ class FastStack:
         self.range = blocks if blocks is not None else range(stack.num_layers)
         self.rope_type = stack.model.transformer_blocks[0].attn1.rope_type
         ctx: TextContext = stack.text(text)
-        self.text_bias = ctx.video_bias
+        self.text_bias = live_bias(ctx.video_bias)
         self.text_kv = {i: block_text_kv(stack.model.transformer_blocks[i], ctx.video, temb_prompt)
                         for i in self.range}
 
-    def run(self, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, frame_tokens: int | None = None
-            ) -> torch.Tensor:
-        """Blocks of `self.range` over hidden [B,N,D] (frame-block-causal when `frame_tokens` is given)."""
+    def run(self, hidden: torch.Tensor, temb: torch.Tensor, rope: Rope, frame_tokens: int | None = None,
+            once: bool = False) -> torch.Tensor:
+        """Blocks of `self.range` over hidden [B,N,D] (frame-block-causal when `frame_tokens` is given; `once`: a
+        once-per-edit pass such as the SCD encoder)."""
+        repeats = len(self.range) if once else None
         for i in self.range:
             hidden, _ = video_block(self.stack.model.transformer_blocks[i], hidden, temb, rope, self.rope_type,
-                                    self.text_kv[i], self.text_bias, frame_tokens=frame_tokens)
+                                    self.text_kv[i], self.text_bias, frame_tokens=frame_tokens, repeats=repeats)
         return hidden
 
-    def rope(self, grid: tuple[int, int, int], batch: int = 1, fps: float = 24.0) -> Rope:
+    def rope(self, grid: tuple[int, int, int], batch: int = 1, fps: float = 24.0) -> Rope | SplitRope:
         """Rotary tables of every token of a grid (compute once: building them copies from the host)."""
         s = self.stack
-        return s.rope(s.video_coords(grid, batch, fps))
+        return split_rope(s.rope(s.video_coords(grid, batch, fps)), self.rope_type)
 
     def full_step(self, x: torch.Tensor, sigma: torch.Tensor, rope: Rope) -> torch.Tensor:
         """The plain model on all tokens: velocity [B,N,C] of x [B,N,C] at σ [B] (the full-attention baseline)."""
@@ -390,10 +577,10 @@ def fast_encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, i
     sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
     time = s.time(sigma, sigma)
     fast = FastStack(s, text, range(scd.split_layer), time.temb_prompt)
-    rope = s.rope(s.video_coords(grid, batch, scd.options.fps))
+    rope = split_rope(s.rope(s.video_coords(grid, batch, scd.options.fps)), fast.rope_type)
     hidden = s.model.proj_in(background.to(s.device, s.dtype))
     frame_tokens = grid[1] * grid[2] if scd.options.causal else None
-    hidden = fast.run(hidden, time.temb, rope, frame_tokens=frame_tokens)
+    hidden = fast.run(hidden, time.temb, rope, frame_tokens=frame_tokens, once=True)
     return shift_one_frame(hidden, grid) if scd.options.shift else hidden
 
 
@@ -402,13 +589,16 @@ class GraphedStep:
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                  sigma: torch.Tensor, warmup: int = 1):
-        """Warm `fn` up on a side stream, then capture it on example inputs (CUDA tensors)."""
+        """Warm `fn` up on a side stream, then capture it on example inputs (CUDA tensors). ``warm_output`` keeps
+        the last warm-up call's result: fn at the example inputs, which a caller whose first step is at those inputs
+        can use instead of replaying (one step less per capture)."""
         self.x, self.sigma = x.clone(), sigma.clone()
+        self.warm_output: torch.Tensor | None = None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                fn(self.x, self.sigma)
+                self.warm_output = fn(self.x, self.sigma)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
@@ -420,3 +610,197 @@ class GraphedStep:
         self.sigma.copy_(sigma)
         self.graph.replay()
         return self.out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caches across edits. A prepared step (its per-edit caches and its CUDA graph) and the SCD encoder output are kept
+# per process, so the same edit run again (a new seed, cfg, or step count: ComfyUI re-runs only the sampler and
+# hands it the same context and prompts) skips the encoder, the prefix pass and the capture, and another edit of
+# the same layout refills the captured graph's buffers instead of capturing again. Every reuse is checked by value
+# (torch.equal on the inputs) against a signature of the weights (storage and version of every parameter), the
+# forward hooks (LoRAs), the attention backends and the grad/precision switches, so it is exact by construction.
+
+
+def copy_into(dst: list[torch.Tensor | None], src: list[torch.Tensor | None]) -> None:
+    """Copy tensors pairwise (same layout; None where both are None)."""
+    if len(dst) != len(src):
+        raise ValueError("step layouts differ")
+    for a, b in zip(dst, src):
+        if (a is None) != (b is None):
+            raise ValueError("step layouts differ")
+        if a is not None and a is not b:
+            a.copy_(b)
+
+
+def tensor_layout(tensors: list[torch.Tensor | None]) -> tuple:
+    """Shapes, dtypes and devices of a tensor list (None kept)."""
+    return tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors)
+
+
+def _equal(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> bool:
+    """Whether two tensor lists hold the same values (same layout assumed)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x is y:
+            continue
+        if x is None or y is None or x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
+            return False
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+def module_signature(modules: list[torch.nn.Module]) -> tuple:
+    """What a cached result depends on in the modules: the storage and version of every parameter and buffer (a
+    weight replaced, moved or changed in place changes it) and the forward hooks (LoRAs apply as hooks)."""
+    params = []
+    hooks = []
+    for module in modules:
+        for sub in module.modules():
+            if sub._forward_hooks or sub._forward_pre_hooks:
+                hooks.append((id(sub), tuple(sub._forward_hooks), tuple(sub._forward_pre_hooks)))
+            for p in sub._parameters.values():
+                if p is not None:
+                    params.append((p.data_ptr(), p._version, p.dtype))
+            for b in sub._buffers.values():
+                if b is not None:
+                    params.append((b.data_ptr(), b._version, b.dtype))
+    from torch.nn.modules import module as nn_module
+
+    global_hooks = (tuple(nn_module._global_forward_hooks), tuple(nn_module._global_forward_pre_hooks))
+    return tuple(id(m) for m in modules), tuple(params), tuple(hooks), global_hooks
+
+
+def backend_signature() -> tuple:
+    """Switches that change which kernels a step runs (a captured graph keeps the ones it was captured with)."""
+    cuda = torch.backends.cuda
+    return (torch.is_grad_enabled(), torch.is_autocast_enabled(), cuda.flash_sdp_enabled(),
+            cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled(),
+            getattr(cuda, "cudnn_sdp_enabled", lambda: None)(), cuda.matmul.allow_tf32,
+            cuda.matmul.allow_bf16_reduced_precision_reduction, torch.backends.cudnn.allow_tf32)
+
+
+@dataclass
+class _Prepared:
+    key: tuple
+    signature: tuple
+    step: object
+    graphed: GraphedStep | None
+    inputs: list
+
+
+class StepCache:
+    """One prepared step per kind ("scd", "training_free") per process: its caches and CUDA graph.
+
+    :meth:`prepare` takes a freshly planned step built with ``defer=True`` and returns what to call: the cached one
+    when the edit is the same (inputs equal by value: nothing is recomputed), the cached one refilled when only the
+    layout matches (caches recomputed into the captured buffers: no capture), else the fresh one, built and
+    captured. Holding a step keeps its prefix keys/values and graph memory until the next edit of that kind or
+    :meth:`clear`; set ``EDITCTRL_STEP_CACHE=0`` to prepare every edit afresh (``all``: cache on the CPU too).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Prepared] = {}
+        setting = os.environ.get("EDITCTRL_STEP_CACHE", "1")
+        self.enabled = setting != "0"
+        self.on_cpu = setting == "all"  # CUDA only by default; tests and CPU measurements turn it on
+        self.last = ""
+
+    def active(self, device: torch.device) -> bool:
+        """Whether edits on `device` are cached (CUDA by default)."""
+        return self.enabled and (device.type == "cuda" or self.on_cpu)
+
+    def clear(self) -> None:
+        """Drop every prepared step (frees its buffers and graphs)."""
+        self.entries.clear()
+
+    def prepare(self, kind: str, fresh, example: tuple[torch.Tensor, torch.Tensor], graph: bool
+                ) -> tuple[Callable, torch.Tensor | None]:
+        """(step to call, or None) for `fresh` (deferred). The second item is the warm-up output of a new capture,
+        i.e. the step at the example inputs, or None."""
+        device = example[0].device
+        reuse = self.active(device) and fresh.reusable
+        if not reuse:
+            self.entries.pop(kind, None)
+            self.last = "fresh"
+            return self._new(fresh, example, graph)
+        key = (fresh.layout(), tensor_layout(fresh.inputs()), tuple(id(m) for m in fresh.modules()))
+        signature = (module_signature(fresh.modules()), backend_signature())
+        entry = self.entries.get(kind)
+        if entry is not None and entry.key == key and entry.signature == signature:
+            inputs = fresh.inputs()
+            if _equal(entry.inputs, inputs):
+                self.last = "same edit"
+                return entry.graphed or entry.step, None
+            entry.step.refill_from(fresh)
+            entry.inputs = inputs
+            self.last = "refilled"
+            return entry.graphed or entry.step, None
+        self.entries.pop(kind, None)  # free the old step's buffers and graph before building the new one
+        self.last = "captured" if graph else "built"
+        step, first = self._new(fresh, example, graph)
+        self.entries[kind] = _Prepared(key, signature, fresh, step if graph else None, fresh.inputs())
+        return step, first
+
+    @staticmethod
+    def _new(fresh, example: tuple[torch.Tensor, torch.Tensor], graph: bool) -> tuple[Callable, torch.Tensor | None]:
+        """Build `fresh` and capture it (on CUDA)."""
+        if not fresh.built:
+            fresh.build()
+        if not graph:
+            return fresh, None
+        graphed = GraphedStep(fresh, *example)
+        return graphed, graphed.warm_output
+
+
+STEP_CACHE = StepCache()
+
+
+@dataclass
+class _Encoded:
+    key: tuple
+    signature: tuple
+    inputs: list
+    context: torch.Tensor
+
+
+class EncoderCache:
+    """The last SCD encoder output per process, reused when the same background and prompt come again with the
+    same weights (value-checked like :class:`StepCache`)."""
+
+    def __init__(self) -> None:
+        self.entry: _Encoded | None = None
+        self.hits = 0
+
+    def encode(self, scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning
+               ) -> torch.Tensor:
+        """:func:`fast_encode`, or its cached result for the same inputs."""
+        if not STEP_CACHE.active(scd.stack.device):
+            return fast_encode(scd, background, grid, text)
+        inputs = [background, text.embeds, text.mask, getattr(text, "audio_embeds", None)]
+        blocks = list(scd.stack.model.transformer_blocks)[:scd.split_layer]
+        key = (id(scd.stack.model), tuple(grid), scd.split_layer, scd.options.causal, scd.options.shift,
+               scd.options.fps, tensor_layout(inputs))
+        signature = (module_signature([scd.stack.model]), backend_signature(), len(blocks))
+        e = self.entry
+        if e is not None and e.key == key and e.signature == signature and _equal(e.inputs, inputs):
+            self.hits += 1
+            return e.context
+        self.entry = None
+        context = fast_encode(scd, background, grid, text)
+        self.entry = _Encoded(key, signature, [t if t is None else t.detach().clone() for t in inputs], context)
+        return context
+
+    def clear(self) -> None:
+        """Drop the cached encoder output."""
+        self.entry = None
+
+
+ENCODER_CACHE = EncoderCache()
+
+
+def clear_caches() -> None:
+    """Free every cross-edit cache (prepared steps, CUDA graphs, the encoder output): e.g. before unloading."""
+    STEP_CACHE.clear()
+    ENCODER_CACHE.clear()

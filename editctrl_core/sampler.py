@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .blend import BlendSettings, BoundaryBlender
 from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
-from .fast_decode import FastDecoder, GraphedStep, compiled_video_block, fast_encode, video_block
+from .fast_decode import ENCODER_CACHE, STEP_CACHE, FastDecoder, compiled_video_block, video_block
 from .geometry import Padding
 from .guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_velocity
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
@@ -184,23 +184,32 @@ def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int
 
 def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: torch.Tensor,
                    example_sigma: torch.Tensor) -> StepFunction:
-    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU, optionally compiled),
-    else `SCDModel.decode`."""
+    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU, optionally compiled;
+    prepared through the process's :data:`STEP_CACHE`, so the same edit again reuses its caches and graph), else
+    `SCDModel.decode`. The first call must be at the example inputs (sample_edit's first step)."""
     if settings.fast:
         try:
-            fast = FastDecoder(scd, plan, compile=settings.compile)
+            fast = FastDecoder(scd, plan, compile=settings.compile, defer=True)
         except NotImplementedError:
             fast = None
         if fast is not None:
-            step = fast
-            if example_x.is_cuda:
-                step = GraphedStep(fast, example_x, example_sigma)
-
-            def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-                scd.decoder_calls += 1
-                return step(x, sigma)
-            return counted
+            step, first = STEP_CACHE.prepare("scd", fast, (example_x, example_sigma), example_x.is_cuda)
+            return _counted(step, first, scd)
     return lambda x, sigma: scd.decode(plan, x, sigma)
+
+
+def _counted(step: StepFunction, first: torch.Tensor | None, owner) -> StepFunction:
+    """Count decoder calls on `owner`; a fresh capture's warm-up output (the step at the example inputs) answers the
+    first call instead of a replay."""
+    pending = [first]
+
+    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        owner.decoder_calls += 1
+        if pending[0] is not None:
+            out, pending[0] = pending[0], None
+            return out
+        return step(x, sigma)
+    return counted
 
 
 def check_inputs_finite(ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
@@ -241,11 +250,12 @@ def check_finite_step(x: torch.Tensor, step: int, steps: int) -> None:
 
 def _encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
             fast: bool) -> torch.Tensor:
-    """The SCD encoder once per edit: frame-causal attention by chunks (no dense [N,N] mask) on the fast path."""
+    """The SCD encoder once per edit: frame-causal attention by chunks (no dense [N,N] mask) on the fast path, its
+    output kept per process for the same background, prompt and weights (:data:`ENCODER_CACHE`)."""
     if not fast:
         return scd.encode(background, grid, text)
     scd.encoder_calls += 1
-    return fast_encode(scd, background, grid, text)
+    return ENCODER_CACHE.encode(scd, background, grid, text)
 
 
 def _background_keep(positive: TextConditioning, region_masks: list, negative: TextConditioning | None,
@@ -279,16 +289,11 @@ def _pretrained_step(model: MaskLocalModel | FullModel, tokens: torch.Tensor, id
         if settings.fast:
             block_fn = compiled_video_block("inductor" if settings.compile is True else settings.compile) \
                 if settings.compile else video_block
-            step = FastMaskLocal(model, plan, block_fn=block_fn)
-            if example[0].is_cuda:
-                step = GraphedStep(step, *example)
-        else:
-            step = lambda x, sigma: model.decode(plan, x, sigma)  # noqa: E731
-
-    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        model.decoder_calls += 1
-        return step(x, sigma)
-    return counted
+            fast = FastMaskLocal(model, plan, block_fn=block_fn, defer=True)
+            step, first = STEP_CACHE.prepare("training_free", fast, example, example[0].is_cuda)
+            return _counted(step, first, model)
+        step = lambda x, sigma: model.decode(plan, x, sigma)  # noqa: E731
+    return _counted(step, None, model)
 
 
 @torch.no_grad()

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .fast_decode import BlockKV, PrefixBuffer, block_text_kv, video_block
+from .fast_decode import (
+    STEPS_HINT,
+    BlockKV,
+    PrefixBuffer,
+    block_text_kv,
+    copy_into,
+    live_bias,
+    split_rope,
+    tensor_layout,
+    video_block,
+)
 from .kv_cache import PrefixAttention
 from .scd import MASK_BIAS, LTX2Stack, TextContext
 from .text import TextConditioning
@@ -115,38 +125,88 @@ class FastMaskLocal:
     """``MaskLocalModel.decode`` with per-edit caches: the background's per-block self-attention keys/values and
     the prompt keys/values are computed once; each step runs every block on the edit tokens only."""
 
-    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block):
+    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block, defer: bool = False):
+        """Precompute the per-edit caches (``defer``: leave them to :meth:`build`, for a :class:`StepCache`)."""
         s = model.stack
         self.model, self.stack, self.plan, self.block_fn = model, s, plan, block_fn
         self.blocks = list(s.model.transformer_blocks)
         self.rope_type = self.blocks[0].attn1.rope_type
-        batch = plan.background.shape[0]
+        self.batch = batch = plan.background.shape[0]
         self.n = plan.index.numel()
-        self.text_video = plan.text.video.expand(batch, -1, -1) if plan.text.video.shape[0] != batch else plan.text.video
-        self.text_bias = plan.text.video_bias
+        video = plan.text.video
+        self.text_video = video.expand(batch, -1, -1).contiguous() if video.shape[0] != batch else video
+        self.text_bias = live_bias(plan.text.video_bias)
+        self.background_bias = live_bias(plan.background_text.video_bias)
         self.sigma_text = s.prompt_depends_on_sigma
+        self.rope = split_rope(plan.rope, self.rope_type)
+        self.text_kv: list[BlockKV] | None = None
+        self.prefix: list[BlockKV | None] = [None] * len(self.blocks)
+        self.built = False
+        if not defer:
+            self.build()
+
+    reusable = True
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules whose weights the step reads."""
+        return [self.stack.model]
+
+    def inputs(self) -> list[torch.Tensor | None]:
+        """Everything besides the weights that the per-edit caches are computed from."""
+        p = self.plan
+        background_rope = list(p.background_rope) if p.background_rope is not None else [None, None]
+        return [p.background, *background_rope, *p.rope, p.text.video, p.text.video_bias,
+                p.background_text.video_bias]
+
+    def layout(self) -> tuple:
+        """What a captured step depends on beyond its inputs' values."""
+        return ("training_free", self.n, self.batch, self.sigma_text, self.rope_type, id(self.block_fn),
+                tensor_layout([self.text_bias, self.background_bias]))
+
+    def build(self, prefix_into: list[PrefixBuffer | None] | None = None) -> FastMaskLocal:
+        """Compute the prompt keys/values and the background pass (its keys/values written into `prefix_into`
+        when given)."""
+        s, batch = self.stack, self.batch
         self.text_kv = None if self.sigma_text else [block_text_kv(b, self.text_video, None) for b in self.blocks]
         zero = torch.zeros(batch, device=s.device)
         background_time = s.time(zero, zero)
         background_text = self.text_kv
         if background_text is None:
             background_text = [block_text_kv(b, self.text_video, background_time.temb_prompt) for b in self.blocks]
-        self.prefix: list[BlockKV | None] = [None] * len(self.blocks)
-        if plan.background.shape[1]:
-            self.prefix = [PrefixBuffer.around(kv, self.n) for kv in
-                           self._background_pass(background_time.temb[:, :1], background_text)]
+        if self.plan.background.shape[1]:
+            self.prefix = self._background_pass(background_time.temb[:, :1], background_text, prefix_into)
+        self.built = True
+        return self
 
-    def _background_pass(self, temb: torch.Tensor, text: list[BlockKV]) -> list[BlockKV]:
-        """The clean background alone through every block at σ=0, keeping each block's self-attention keys/values."""
+    def step_tensors(self) -> list[torch.Tensor | None]:
+        """The per-edit tensors a step reads besides the background buffers (what a refill copies)."""
+        out: list[torch.Tensor | None] = [*self.rope, self.text_bias, self.text_video]
+        for kv in self.text_kv or []:
+            out += [kv.k, kv.v]
+        return out
+
+    def refill_from(self, other: FastMaskLocal) -> None:
+        """Load another edit's caches into this step's tensors (same layout; see FastDecoder.refill_from)."""
+        other.build(prefix_into=self.prefix)
+        copy_into(self.step_tensors(), other.step_tensors())
+
+    def _background_pass(self, temb: torch.Tensor, text: list[BlockKV],
+                         into: list[PrefixBuffer | None] | None = None) -> list[PrefixBuffer]:
+        """The clean background alone through every block at σ=0; each block's self-attention keys/values go
+        straight into its prefix buffer (`into`'s when given), so only one block's own copy exists at a time."""
         hidden, cache = self.plan.background, []
+        rope = split_rope(self.plan.background_rope, self.rope_type)
         for i, block in enumerate(self.blocks):
-            hidden, own = self.block_fn(block, hidden, temb, self.plan.background_rope, self.rope_type, text[i],
-                                        self.plan.background_text.video_bias, keep_kv=True)
-            cache.append(own)
+            hidden, own = self.block_fn(block, hidden, temb, rope, self.rope_type, text[i], self.background_bias,
+                                        keep_kv=True, repeats=len(self.blocks))
+            cache.append(PrefixBuffer.around(own, self.n, None if into is None else into[i]))
+            del own
         return cache
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the edit tokens x [B,n,C] at σ [B]."""
+        if not self.built:
+            self.build()
         s = self.stack
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
@@ -155,8 +215,8 @@ class FastMaskLocal:
             text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
         hidden = s.model.proj_in(x.to(s.device, s.dtype))
         for i, block in enumerate(self.blocks):
-            hidden, _ = self.block_fn(block, hidden, time.temb, self.plan.rope, self.rope_type, text[i],
-                                      self.text_bias, prefix=self.prefix[i])
+            hidden, _ = self.block_fn(block, hidden, time.temb, self.rope, self.rope_type, text[i],
+                                      self.text_bias, prefix=self.prefix[i], repeats=len(self.blocks) * STEPS_HINT)
         return s.head(hidden, time.embedded)
 
 

@@ -651,9 +651,18 @@ def _equal(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> bool:
     return True
 
 
+def _tensor_signature(t: torch.Tensor) -> tuple:
+    """Storage, version (−1 for inference tensors, which have none), dtype and shape of a weight."""
+    return (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, tuple(t.shape))
+
+
 def module_signature(modules: list[torch.nn.Module]) -> tuple:
     """What a cached result depends on in the modules: the storage and version of every parameter and buffer (a
-    weight replaced, moved or changed in place changes it) and the forward hooks (LoRAs apply as hooks)."""
+    weight replaced, moved or changed in place changes it) and the forward hooks (LoRAs apply as hooks).
+
+    Tensors made under ``torch.inference_mode`` (ComfyUI runs nodes in it, so a model built by a loader node has
+    them) keep no version counter: for them the storage alone is checked — ComfyUI's weight patching swaps the
+    parameter tensors, which changes it."""
     params = []
     hooks = []
     for module in modules:
@@ -662,10 +671,10 @@ def module_signature(modules: list[torch.nn.Module]) -> tuple:
                 hooks.append((id(sub), tuple(sub._forward_hooks), tuple(sub._forward_pre_hooks)))
             for p in sub._parameters.values():
                 if p is not None:
-                    params.append((p.data_ptr(), p._version, p.dtype))
+                    params.append(_tensor_signature(p))
             for b in sub._buffers.values():
                 if b is not None:
-                    params.append((b.data_ptr(), b._version, b.dtype))
+                    params.append(_tensor_signature(b))
     from torch.nn.modules import module as nn_module
 
     global_hooks = (tuple(nn_module._global_forward_hooks), tuple(nn_module._global_forward_pre_hooks))

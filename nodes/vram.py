@@ -52,6 +52,19 @@ def _module_device(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+class EditCtrlPatcher(ModelPatcher):
+    """ModelPatcher of one of our modules: unloading it (ComfyUI's /free, memory pressure) also drops the sampler's
+    cross-edit caches (prepared steps, CUDA graphs, encoder outputs), which hold device memory of that model."""
+
+    def detach(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            from ..editctrl_core.fast_decode import clear_caches
+        except ImportError:  # vram.py loaded on its own (a test), with editctrl_core importable at the top level
+            from editctrl_core.fast_decode import clear_caches
+        clear_caches()
+        return super().detach(*args, **kwargs)
+
+
 def patcher_for(module: nn.Module, name: str | None = None, load_device: torch.device | None = None,
                 offload_device: torch.device | None = None) -> ModelPatcher:
     """The ModelPatcher of `module` (created once and kept on the module; devices default to ComfyUI's choice)."""
@@ -64,7 +77,7 @@ def patcher_for(module: nn.Module, name: str | None = None, load_device: torch.d
         unload(module)
     cls = type(f"EditCtrl_{type(module).__name__}", (ManagedModule,), {})  # ComfyUI logs the class name
     container = cls(module, name or type(module).__name__, _module_device(module))
-    patcher = ModelPatcher(container, load_device=load_device, offload_device=offload_device,
+    patcher = EditCtrlPatcher(container, load_device=load_device, offload_device=offload_device,
                            size=mm.module_size(module))
     object.__setattr__(module, _ATTR, patcher)
     return patcher

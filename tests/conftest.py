@@ -171,6 +171,9 @@ def comfy_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         inst.comfy_dir,
         python=inst.python,
         model_paths={name: models_dir / name for name in MODEL_FOLDERS},
+        # the cross-edit step/encoder caches are on by default only on CUDA: turn them on here so the real-server
+        # tests run the path GPU users get (and /free's cache release is checked)
+        env={"EDITCTRL_STEP_CACHE": "all"},
     )
     with server:
         yield server

@@ -3,6 +3,8 @@
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,6 @@ from benchmarks.edit_speed import (  # noqa: E402
     parse_args,
     random_conditioning,
     report,
-    run_benchmark,
     sized_mask,
 )
 from editctrl_core.blend import BlendSettings  # noqa: E402
@@ -37,10 +38,17 @@ def _finite(value) -> bool:
 
 def test_benchmark_runs_on_the_tiny_preset(tmp_path):
     out = tmp_path / "docs"
-    args = parse_args(["--preset", "tiny", "--device", "cpu", "--steps", "2", "--frames", "9", "--height", "128",
-                       "--width", "192", "--long-frames", "17", "--masks", "0.1", "--cfg-masks", "0.1",
-                       "--native-repeat", "1", "--budget-s", "600", "--out", str(out)])
-    run_benchmark(args)  # children are forked from this process (the modules are already imported)
+    argv = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--frames", "9", "--height", "128",
+            "--width", "192", "--long-frames", "17", "--masks", "0.1", "--cfg-masks", "0.1",
+            "--native-repeat", "1", "--budget-s", "600", "--out", str(out)]
+    parse_args(argv)
+    # as a user runs it: its own process, which forks a fresh child per job. Forking a process whose OpenMP team
+    # already ran (this pytest process, with OMP_NUM_THREADS > 1) can deadlock the child in libgomp, so the
+    # benchmark's parent starts clean with one thread, as on the GPU machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "edit_speed.py"), *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads((out / "benchmarks.json").read_text())
     assert (out / "benchmarks.md").read_text() == report(doc)
     assert not [line for line in doc["log"] if "JOB FAILED" in line], doc["log"]

@@ -1,17 +1,25 @@
 """EditCtrl adapters for the SCD decoder: local context module, global context embedder, strict adapter files.
 
-- :class:`LocalContextModule` reads only the masked+dilated tokens (source latents with the edit region blanked
-  plus a mask channel) and returns per-decoder-block residuals ``{block: [B,N,model_dim]}``, to be added to the
-  decoder's hidden states after the FFN of those blocks. Its AdaLN conditioning is recomputed from σ on every call.
+- :class:`LocalContextModule` is EditCtrl's local control branch, VACE-style: it reads the masked+dilated tokens
+  twice — the context (source latents with the edit region blanked, plus a mask channel) and the current noisy
+  latents x_t of the same tokens — and returns one hint per target decoder block ``{block: [B,N,model_dim]}``, to
+  be added to the decoder's hidden states after the FFN of that block. Its hidden state starts as
+  ``proj_in(context) + proj_noisy(x_t)`` (VACE: ``before_proj(context) + x``); target block j of T reads the output
+  of its own transformer block ``ceil((j+1)·num_blocks/T) - 1`` (one block per target when num_blocks == T, as in
+  VACE), through its own zero-initialised projection. Its AdaLN conditioning is recomputed from σ on every call.
   Positions: it computes its own 3D RoPE from token coordinates ``coords [B,3,N]`` or ``[3,N]`` (latent frame,
   row, column of each gathered token; :func:`token_coords` builds them from the sampler's flat ``idx``), so it does
   not depend on LTX's rope layout (split/interleaved) or head count.
 - :class:`GlobalContextEmbedder` pools the whole background (edit region blanked) on its (frames, height, width)
-  grid to at most ``max_tokens`` tokens, patch-embeds them to the model width, and owns one zero-initialised
-  cross-attention branch per target decoder block, whose output is added next to that block's text
-  cross-attention output.
-- :func:`save_adapter` / :func:`load_adapter`: safetensors with kind, config, base model id and split layer in the
-  metadata; loading is strict and refuses anything that does not match, naming the difference. Never unpickles.
+  grid to at most ``max_tokens`` tokens (parameter-free average pooling of the full-size background latents;
+  EditCtrl VAE-encodes ~8 frames resized to 256x256 instead, see :meth:`GlobalContextEmbedder.pool`) and embeds
+  them with a copy of the base model's patch embedding (``proj_in``, see
+  :meth:`GlobalContextEmbedder.copy_patch_embedding`), as EditCtrl does; the mask channel's column starts at
+  zero. It owns one zero-initialised cross-attention branch per target decoder block, whose output is added next
+  to that block's text cross-attention output.
+- :func:`save_adapter` / :func:`load_adapter`: safetensors with kind, layout, config, base model id and split layer
+  in the metadata; loading is strict and refuses anything that does not match, naming the difference (a file of an
+  older module layout is refused with what changed and how to retrain). Never unpickles.
 
 Decoder block indices are relative to the decoder (0 = first block after the SCD split).
 """
@@ -65,7 +73,11 @@ def _check_positive(obj: object, names: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class LocalContextConfig:
-    """Shape of a LocalContextModule (defaults: the seed's 2 blocks × 512, 8×64 heads, for LTX-2.0 19B split at 32)."""
+    """Shape of a LocalContextModule (defaults: the seed's 2 blocks × 512, 8×64 heads, for LTX-2.0 19B split at 32).
+
+    ``in_channels`` is the context's width (latent channels + the edit-mask channel); the noisy latents x_t it also
+    reads have ``in_channels - 1`` (:attr:`noisy_channels`) channels.
+    """
 
     in_channels: int = 129
     width: int = 512
@@ -85,7 +97,22 @@ class LocalContextConfig:
                                "mlp_ratio"))
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE; got {self.head_dim}")
+        if self.in_channels < 2:
+            raise ValueError(f"in_channels counts the latent channels plus the mask channel (>= 2); got "
+                             f"{self.in_channels}")
         object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
+
+    @property
+    def noisy_channels(self) -> int:
+        """Channels of the noisy latents x_t (the context's, without the mask channel)."""
+        return self.in_channels - 1
+
+    def hint_sources(self) -> dict[int, int]:
+        """{target block: index of the module block whose output makes its hint}: target j of T reads block
+        ceil((j+1)·num_blocks/T) - 1, so hints come from increasing depth and the last target reads the last block
+        (VACE's one block per target when num_blocks == T)."""
+        t = len(self.target_blocks)
+        return {b: -(-(j + 1) * self.num_blocks // t) - 1 for j, b in enumerate(self.target_blocks)}
 
 
 @dataclass(frozen=True)
@@ -98,11 +125,10 @@ class GlobalContextConfig:
     heads: int = 8
     head_dim: int = 128
     target_blocks: tuple[int, ...] = field(default_factory=lambda: tuple(range(16)))
-    pos_frequencies: int = 8
 
     def __post_init__(self) -> None:
         """Validate the shape fields."""
-        _check_positive(self, ("in_channels", "model_dim", "max_tokens", "heads", "head_dim", "pos_frequencies"))
+        _check_positive(self, ("in_channels", "model_dim", "max_tokens", "heads", "head_dim"))
         object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
 
 
@@ -262,27 +288,44 @@ class _LocalBlock(nn.Module):
         nn.init.uniform_(self.scale_shift_table, -bound, bound)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
-        """One block: modulated self-attention, text cross-attention, modulated MLP."""
+                text: torch.Tensor | None, text_mask: torch.Tensor | None,
+                text_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One block: modulated self-attention, text cross-attention (or its cached text_kv), modulated MLP."""
         mods = (self.scale_shift_table[None] + temb.unflatten(-1, (6, -1))).unsqueeze(2).unbind(1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         x = x + gate_msa * self.attn1(self.norm1(x) * (1 + scale_msa) + shift_msa, rope=rope)
-        x = x + self.attn2(self.norm2(x), text, key_mask=text_mask)
+        x = x + self.attn2(self.norm2(x), text, key_mask=text_mask, kv=text_kv)
         return x + gate_mlp * self.ff(self.norm3(x) * (1 + scale_mlp) + shift_mlp)
 
 
-class LocalContextModule(nn.Module):
-    """EditCtrl local path: a small transformer over the masked+dilated tokens that emits zero-initialised residuals.
+@dataclass
+class LocalPrepared:
+    """What a :class:`LocalContextModule` computes once per edit (fixed context, positions and text)."""
 
-    ``forward(tokens [B,N,in_channels], coords [B,3,N] | [3,N], text [B,T,text_dim], sigma [B] | float,
-    text_mask) -> {decoder_block: residual [B,N,model_dim]}``. ``text`` is what the decoder blocks cross-attend to
-    (LTX-2.0: the caption projection's output, width = model inner dim); ``text_mask`` is a keep-mask [B,T] (bool or
-    1/0) or LTX's additive bias [B,1,T], or None. ``sigma`` is the current step's noise level in [0,1]; the AdaLN
-    modulation is recomputed from it on every call. All residuals come from the final hidden state through one
-    zero-initialised projection per target block, so a fresh module adds exact zeros.
+    context: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    text_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    text_mask: torch.Tensor | None
+
+
+class LocalContextModule(nn.Module):
+    """EditCtrl local path (VACE-style control branch): a small transformer over the masked+dilated tokens, fed the
+    blanked context and the current noisy latents x_t, that emits one zero-initialised hint per target block.
+
+    ``forward(tokens [B,N,in_channels], noisy [B,N,in_channels-1], coords [B,3,N] | [3,N], text [B,T,text_dim],
+    sigma [B] | float, text_mask) -> {decoder_block: hint [B,N,model_dim]}``. ``tokens`` is the context
+    (:func:`local_context_tokens`), ``noisy`` the x_t of the same tokens at this step; the hidden state starts as
+    ``proj_in(tokens) + proj_noisy(noisy)``. ``text`` is what the decoder blocks cross-attend to (LTX-2.0: the
+    caption projection's output, width = model inner dim); ``text_mask`` is a keep-mask [B,T] (bool or 1/0) or
+    LTX's additive bias [B,1,T], or None. ``sigma`` is the current step's noise level in [0,1]; the AdaLN modulation
+    is recomputed from it on every call. Target block j reads the output of module block
+    ``config.hint_sources()[j]`` through its own zero-initialised projection, so a fresh module adds exact zeros.
+    What does not change between steps (context embedding, rotary table, text keys/values) can be computed once
+    with :meth:`prepare` and reused by :meth:`step`; ``forward`` is ``step(prepare(...), ...)``.
     """
 
     ADAPTER_KIND = "local_context"
+    LAYOUT = 2
 
     def __init__(self, config: LocalContextConfig | None = None, device: _Device = None) -> None:
         super().__init__()
@@ -290,6 +333,7 @@ class LocalContextModule(nn.Module):
         self.config = cfg
         w = cfg.width
         self.proj_in = nn.Linear(cfg.in_channels, w, device=device)
+        self.proj_noisy = nn.Linear(cfg.noisy_channels, w, device=device)
         self.time_embed = nn.Sequential(nn.Linear(256, w, device=device), nn.SiLU(), nn.Linear(w, w, device=device))
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w, device=device))
         self.blocks = nn.ModuleList(_LocalBlock(cfg, device) for _ in range(cfg.num_blocks))
@@ -301,12 +345,12 @@ class LocalContextModule(nn.Module):
 
     @property
     def target_blocks(self) -> tuple[int, ...]:
-        """Decoder blocks (relative to the split) that receive a residual."""
+        """Decoder blocks (relative to the split) that receive a hint."""
         return self.config.target_blocks
 
-    def forward(self, tokens: torch.Tensor, coords: torch.Tensor, text: torch.Tensor, sigma: torch.Tensor | float,
-                text_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        """Residuals {decoder block: [B,N,model_dim]} for the gathered tokens at noise level sigma."""
+    def prepare(self, tokens: torch.Tensor, coords: torch.Tensor, text: torch.Tensor,
+                text_mask: torch.Tensor | None = None) -> LocalPrepared:
+        """The per-edit part: context embedding, rotary table and text keys/values of every block."""
         cfg = self.config
         b, n, c = tokens.shape
         if c != cfg.in_channels:
@@ -318,20 +362,45 @@ class LocalContextModule(nn.Module):
         if coords.shape != (b, 3, n):
             raise ValueError(f"coords must be [3,N] or [B,3,N] = {(b, 3, n)}; got {tuple(coords.shape)}")
         dtype = self.proj_in.weight.dtype
-        sig = torch.as_tensor(sigma, dtype=torch.float32, device=tokens.device).flatten()
+        rope = rope_3d(coords.to(tokens.device), cfg.head_dim, cfg.rope_theta)
+        text = text.to(dtype)
+        return LocalPrepared(self.proj_in(tokens.to(dtype)), rope, [blk.attn2.kv(text) for blk in self.blocks],
+                             text_mask)
+
+    def step(self, prepared: LocalPrepared, noisy: torch.Tensor, sigma: torch.Tensor | float
+             ) -> dict[int, torch.Tensor]:
+        """Hints {decoder block: [B,N,model_dim]} for this step's noisy latents x_t [B,N,in_channels-1] at σ."""
+        cfg = self.config
+        context = prepared.context
+        b, n, _ = context.shape
+        if noisy.ndim != 3 or noisy.shape[1] != n or noisy.shape[2] != cfg.noisy_channels:
+            raise ValueError(f"noisy latents must be [B,{n},{cfg.noisy_channels}] (x_t of the {n} gathered tokens); "
+                             f"got {tuple(noisy.shape)}")
+        if noisy.shape[0] != b:
+            raise ValueError(f"noisy latents have batch {noisy.shape[0]}, the prepared context {b}")
+        dtype = self.proj_in.weight.dtype
+        sig = torch.as_tensor(sigma, dtype=torch.float32, device=context.device).flatten()
         if sig.numel() == 1:
             sig = sig.expand(b)
         if sig.numel() != b:
             raise ValueError(f"sigma must be a scalar or one value per batch element; got {sig.numel()} for batch {b}")
-        temb = self.time_embed(timestep_embedding(sig * cfg.timestep_scale, 256).to(dtype))
-        mods = self.adaln(temb)
-        rope = rope_3d(coords.to(tokens.device), cfg.head_dim, cfg.rope_theta)
-        x = self.proj_in(tokens.to(dtype))
-        text = text.to(dtype)
-        for block in self.blocks:
-            x = block(x, mods, rope, text, text_mask)
-        x = self.norm_out(x)
-        return {i: self.out_proj[str(i)](x) for i in cfg.target_blocks}
+        mods = self.adaln(self.time_embed(timestep_embedding(sig * cfg.timestep_scale, 256).to(dtype)))
+        x = context + self.proj_noisy(noisy.to(device=context.device, dtype=dtype))
+        sources = cfg.hint_sources()
+        wanted = {i: [t for t, s in sources.items() if s == i] for i in set(sources.values())}
+        hints: dict[int, torch.Tensor] = {}
+        for i, (block, kv) in enumerate(zip(self.blocks, prepared.text_kv)):
+            x = block(x, mods, prepared.rope, None, prepared.text_mask, text_kv=kv)
+            if i in wanted:
+                normed = self.norm_out(x)
+                for t in wanted[i]:
+                    hints[t] = self.out_proj[str(t)](normed)
+        return {t: hints[t] for t in cfg.target_blocks}
+
+    def forward(self, tokens: torch.Tensor, noisy: torch.Tensor, coords: torch.Tensor, text: torch.Tensor,
+                sigma: torch.Tensor | float, text_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """Hints {decoder block: [B,N,model_dim]} for the gathered tokens' context and noisy latents at σ."""
+        return self.step(self.prepare(tokens, coords, text, text_mask), noisy, sigma)
 
 
 def pooled_grid(frames: int, height: int, width: int, max_tokens: int = 256) -> tuple[int, int, int]:
@@ -358,28 +427,19 @@ def pooled_grid(frames: int, height: int, width: int, max_tokens: int = 256) -> 
     return choice
 
 
-def _position_features(grid: tuple[int, int, int], frequencies: int, device: torch.device) -> torch.Tensor:
-    """Sinusoidal features [M, 6·frequencies] of the pooled cells' centres, normalised to [0,1] per axis."""
-    axes = [(torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n for n in grid]
-    centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-    scales = math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32, device=device)
-    angles = (centres[..., None] * scales).flatten(1)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
 class GlobalCrossAttention(nn.Module):
-    """One decoder block's global-context branch: own context norm, own Q/K/V, zero-initialised output projection."""
+    """One decoder block's global-context branch (EditCtrl's ``editctrl_*`` layers): own Q/K/V with RMS-normed q/k,
+    zero-initialised output projection; the context goes in as embedded, without a norm of its own."""
 
     def __init__(self, model_dim: int, heads: int, head_dim: int, device: _Device = None) -> None:
         super().__init__()
-        self.norm_context = nn.LayerNorm(model_dim, eps=1e-6, device=device)
         self.attn = _Attention(model_dim, model_dim, heads, head_dim, device)
         nn.init.zeros_(self.attn.to_out.weight)
         nn.init.zeros_(self.attn.to_out.bias)
 
     def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the (fixed per edit) context; cache them across steps."""
-        return self.attn.kv(self.norm_context(context.to(self.attn.to_k.weight.dtype)))
+        return self.attn.kv(context.to(self.attn.to_k.weight.dtype))
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
@@ -393,27 +453,52 @@ class GlobalCrossAttention(nn.Module):
 
 
 class GlobalContextEmbedder(nn.Module):
-    """EditCtrl global path: background latents pooled on the 3D grid to ≤ max_tokens, embedded, plus per-block branches.
+    """EditCtrl global path: the blanked background pooled on the 3D grid to ≤ max_tokens, embedded by a copy of the
+    base model's patch embedding, plus one zero-initialised cross-attention branch per target block.
 
     ``forward(background [B,C,f,h,w], edit_mask [f,h,w] | [B,f,h,w]) -> context [B,M,model_dim]`` (background with
-    the edit region blanked, e.g. by :func:`blank_latents`; the edit mask is appended as a channel so blanked and
-    genuinely dark content differ; M = prod(:func:`pooled_grid`)). ``branch(block, hidden, context) -> residual``
-    for each target decoder block, where ``hidden`` is the block's normed hidden states as fed to its text
-    cross-attention; add the residual to the text cross-attention output. Computed once per edit: the context and,
-    through ``branch_kv``, each branch's keys/values.
+    the edit region blanked, e.g. by :func:`blank_latents`; M = prod(:func:`pooled_grid`)). As in EditCtrl the
+    context tokens are ``patch_embed(low-resolution latents)`` with ``patch_embed`` a copy of the transformer's
+    ``proj_in`` (:meth:`copy_patch_embedding`, or pass ``patch_embedding`` to the constructor; without it the layer
+    keeps PyTorch's default init), no position features and no extra norm. The edit mask is appended as one more
+    input channel, whose weight column starts at zero (so a copied embedder computes exactly EditCtrl's tokens and
+    can learn to tell blanked from genuinely grey content). ``branch(block, hidden, context) -> residual`` for each
+    target decoder block, where ``hidden`` is the block's normed hidden states as fed to its text cross-attention;
+    add the residual to the text cross-attention output. Computed once per edit: the context and, through
+    ``branch_kv``, each branch's keys/values.
     """
 
     ADAPTER_KIND = "global_context"
+    LAYOUT = 2
 
-    def __init__(self, config: GlobalContextConfig | None = None, device: _Device = None) -> None:
+    def __init__(self, config: GlobalContextConfig | None = None, device: _Device = None,
+                 patch_embedding: nn.Linear | None = None) -> None:
         super().__init__()
         cfg = config or GlobalContextConfig()
         self.config = cfg
         self.patch_embed = nn.Linear(cfg.in_channels, cfg.model_dim, device=device)
-        self.pos_embed = nn.Linear(6 * cfg.pos_frequencies, cfg.model_dim, device=device)
-        self.norm_out = nn.LayerNorm(cfg.model_dim, eps=1e-6, device=device)
         self.branches = nn.ModuleDict({str(i): GlobalCrossAttention(cfg.model_dim, cfg.heads, cfg.head_dim, device)
                                        for i in cfg.target_blocks})
+        if patch_embedding is not None:
+            self.copy_patch_embedding(patch_embedding)
+
+    @torch.no_grad()
+    def copy_patch_embedding(self, proj_in: nn.Linear) -> GlobalContextEmbedder:
+        """Initialise ``patch_embed`` from the base model's patch embedding ``proj_in`` [model_dim, C] (EditCtrl's
+        ``editctrl_patch_embedding = deepcopy(patch_embedding)``); the edit-mask column is set to zero."""
+        weight, bias = proj_in.weight, proj_in.bias
+        c = self.config.in_channels - 1
+        if tuple(weight.shape) != (self.config.model_dim, c):
+            raise ValueError(f"patch embedding is {tuple(weight.shape)}; this embedder needs "
+                             f"({self.config.model_dim}, {c}) (model width x latent channels)")
+        own = self.patch_embed
+        own.weight.zero_()
+        own.weight[:, :c].copy_(weight.detach().to(own.weight))
+        if bias is None:
+            own.bias.zero_()
+        else:
+            own.bias.copy_(bias.detach().to(own.bias))
+        return self
 
     @property
     def target_blocks(self) -> tuple[int, ...]:
@@ -421,7 +506,14 @@ class GlobalContextEmbedder(nn.Module):
         return self.config.target_blocks
 
     def pool(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
-        """Average-pool [B,C+1,f,h,w] (latents + edit-mask channel) to the pooled grid: [B,C+1,f',h',w']."""
+        """Average-pool [B,C+1,f,h,w] (latents + edit-mask channel) to the pooled grid: [B,C+1,f',h',w'].
+
+        EditCtrl VAE-encodes ~8 frames of the masked video resized to 256x256; here the background latents the SCD
+        encoder already gets (full size) are pooled instead. Not equivalent: on the shipped tiny VAE, pooled
+        full-size latents vs the VAE latents of the same clip's frames at half size have cosine 0.44-0.53 (an
+        unrelated clip: 0.34-0.50) and 0.5-0.64x their spread, while the extra low-resolution encode costs ~13%
+        of the full-size one. Feeding VAE(low-resolution masked frames) here needs the edit context and the
+        training cache to carry those latents (open in issue 12, item 9)."""
         b, c, f, h, w = background.shape
         if c + 1 != self.config.in_channels:
             raise ValueError(f"background has {c} channels; this embedder expects {self.config.in_channels - 1} "
@@ -436,12 +528,8 @@ class GlobalContextEmbedder(nn.Module):
 
     def forward(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
         """Global context tokens [B,M,model_dim] from blanked background latents and the edit mask."""
-        dtype = self.patch_embed.weight.dtype
-        pooled = self.pool(background.to(dtype), edit_mask)
-        grid = tuple(pooled.shape[2:])
-        tokens = self.patch_embed(pooled.flatten(2).transpose(1, 2))
-        pos = self.pos_embed(_position_features(grid, self.config.pos_frequencies, pooled.device).to(dtype))
-        return self.norm_out(tokens + pos)
+        pooled = self.pool(background.to(self.patch_embed.weight.dtype), edit_mask)
+        return self.patch_embed(pooled.flatten(2).transpose(1, 2))
 
     def branch_module(self, block_index: int) -> GlobalCrossAttention:
         """The branch of one decoder block, or a KeyError naming the valid targets."""
@@ -472,6 +560,26 @@ class AdapterLoadError(ValueError):
     """An adapter file that cannot be used with this model/module; the message names the difference and the fix."""
 
 
+# What each earlier module layout computed, and what the current one does instead (files without an
+# 'editctrl.layout' entry are layout 1).
+LAYOUT_CHANGES: dict[str, dict[int, str]] = {
+    LocalContextModule.ADAPTER_KIND: {
+        1: "its hints were computed from the blanked context alone, without the noisy latents x_t, all from the "
+           "last block; the current LocalContextModule (layout 2) also reads x_t of the masked tokens, as "
+           "EditCtrl's local module and VACE do (new proj_noisy weights, one hint per target block by depth)",
+    },
+    GlobalContextEmbedder.ADAPTER_KIND: {
+        1: "it embedded the pooled background with a randomly initialised Linear plus position features and "
+           "norms; the current GlobalContextEmbedder (layout 2) embeds it with a copy of the base model's patch "
+           "embedding and no position features, as EditCtrl does",
+    },
+}
+_RETRAIN = {
+    LocalContextModule.ADAPTER_KIND: "editctrl_local",
+    GlobalContextEmbedder.ADAPTER_KIND: "editctrl_global",
+}
+
+
 @dataclass(frozen=True)
 class AdapterInfo:
     """What an adapter file's metadata declares."""
@@ -482,6 +590,7 @@ class AdapterInfo:
     split_layer: int
     format_version: int
     scd_options: dict[str, Any] = field(default_factory=dict)
+    layout: int = 1
 
 
 def _kind_of(module: nn.Module) -> str:
@@ -506,6 +615,7 @@ def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id:
         META_PREFIX + "format": json.dumps(FORMAT_NAME),
         META_PREFIX + "format_version": json.dumps(FORMAT_VERSION),
         META_PREFIX + "kind": json.dumps(kind),
+        META_PREFIX + "layout": json.dumps(type(module).LAYOUT),
         META_PREFIX + "config": json.dumps(_config_to_dict(module.config), sort_keys=True),
         META_PREFIX + "base_model_id": json.dumps(base_model_id),
         META_PREFIX + "split_layer": json.dumps(split_layer),
@@ -580,11 +690,33 @@ def read_adapter_metadata(path: str | os.PathLike[str]) -> AdapterInfo:
     if not isinstance(config, dict) or not isinstance(base, str) or isinstance(split, bool) or not isinstance(split, int):
         raise AdapterLoadError(f"{str(path)!r} has malformed adapter metadata (config must be an object, base model id "
                                "a string, split layer an integer); re-save it with save_adapter")
+    layout = _json_meta(path, metadata, "layout") if META_PREFIX + "layout" in metadata else 1
+    if isinstance(layout, bool) or not isinstance(layout, int) or layout < 1:
+        raise AdapterLoadError(f"{str(path)!r} has a malformed '{META_PREFIX}layout' ({layout!r}); re-save it with "
+                               "save_adapter")
     try:
         options = options_from_metadata({**metadata, "split_layer": str(split)})
     except ValueError as err:
         raise AdapterLoadError(f"{str(path)!r}: {err}") from err
-    return AdapterInfo(kind, config, base, split, version, options)
+    return AdapterInfo(kind, config, base, split, version, options, layout)
+
+
+def check_layout(path: str | os.PathLike[str], info: AdapterInfo) -> None:
+    """Refuse a file whose module layout is not this version's, saying what changed and how to retrain."""
+    module_cls = ADAPTER_CLASSES[info.kind][0]
+    current = module_cls.LAYOUT
+    if info.layout == current:
+        return
+    name = Path(path).name
+    if info.layout > current:
+        raise AdapterLoadError(f"{str(path)!r} is a {module_cls.__name__} of layout {info.layout}, newer than this "
+                               f"build's layout {current}; update the node pack")
+    what = LAYOUT_CHANGES.get(info.kind, {}).get(info.layout, "its tensors belong to an earlier module design")
+    raise AdapterLoadError(
+        f"{str(path)!r} is a {module_cls.__name__} of the old layout {info.layout}: {what}. Its weights cannot be "
+        f"reused. Retrain it with this version: the '{_RETRAIN[info.kind]}' stage of `python -m training.train` "
+        f"(for the tiny model, `python -m training.recipes.tiny_synthetic --out weights/` rewrites {name}), then "
+        "load the new file")
 
 
 def _config_diff(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
@@ -603,7 +735,8 @@ def load_adapter(path: str | os.PathLike[str], expected_base_model_id: str, expe
     cast to its dtype and device). ``device``/``dtype``, when given, move the result.
 
     Refused with :class:`AdapterLoadError` (message names the difference and what to do): a file that is not a
-    safetensors adapter or is corrupt, a different kind, base model or split layer, a ``module`` whose config
+    safetensors adapter or is corrupt, a different kind, a file of an older module layout (:data:`LAYOUT_CHANGES`;
+    retrain it), a different base model or split layer, a ``module`` whose config
     differs from the file's, ``expected_config`` fields (e.g. ``{"model_dim": 4096}``) that differ, and missing,
     unexpected or wrongly shaped tensors. The module is never partially loaded.
     """
@@ -612,6 +745,7 @@ def load_adapter(path: str | os.PathLike[str], expected_base_model_id: str, expe
     if expected_kind is not None and info.kind != expected_kind:
         raise AdapterLoadError(f"{str(path)!r} is a {info.kind!r} adapter, not {expected_kind!r}; "
                                f"pick a {expected_kind} adapter file")
+    check_layout(path, info)
     if info.base_model_id != expected_base_model_id:
         raise AdapterLoadError(
             f"{str(path)!r} was trained for base model {info.base_model_id!r}, but the loaded model is "

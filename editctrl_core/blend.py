@@ -12,6 +12,11 @@ Three modes:
   composite after decode.
 
 Whatever the mode, :func:`composite` after decode puts the source pixels back exactly beyond the feather.
+
+Every mask op here runs as torch ops on the device given (``device=``; default: where the mask, or for the composite
+the decoded frames, lie), with a few host reads per call (box bounds, distinct frames, two search bounds per chunk of
+distinct frames) and none per step, frame or pixel column; the distance transform is integer arithmetic, so distances
+are identical on every device.
 """
 
 from __future__ import annotations
@@ -30,11 +35,42 @@ BLEND_MODES = ("renoised", "distance", "pixel")
 RAMP_SHAPES = ("cosine", "linear")
 
 _FRAME_CHUNK_PIXELS = 1 << 22
+_EDT_CHECKPOINT = 8  # column offset after which the transform re-reads its bound (the only other host read)
+
+
+Device = torch.device | str | None
 
 
 def _binary(mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """Boolean view of a bool or float mask (float values >= threshold count as inside)."""
     return mask if mask.dtype == torch.bool else mask >= threshold
+
+
+def _moved(t: torch.Tensor, device: Device) -> torch.Tensor:
+    """t on ``device`` (None: unchanged); an expanded static mask (frame stride 0) crosses the bus as one frame."""
+    if device is None:
+        return t
+    if t.ndim > 0 and t.shape[0] > 1 and t.stride(0) == 0:
+        return t[:1].to(device).expand(t.shape)
+    return t.to(device)
+
+
+def _hit_on(mask: torch.Tensor, threshold: float, device: Device) -> torch.Tensor:
+    """Boolean mask on ``device`` (None: where it lies), thresholded there so the comparison runs on that device."""
+    return _binary(_moved(mask, device), threshold)
+
+
+def _box(hit: torch.Tensor, radius: int) -> tuple[int, int, int, int] | None:
+    """Box (y0, y1, x0, x1) of the True pixels of hit [n,H,W] over all frames grown by radius, or None (one read)."""
+    height, width = hit.shape[-2:]
+    rows = hit.any(dim=2).any(dim=0).to(torch.int32)
+    cols = hit.any(dim=1).any(dim=0).to(torch.int32)
+    ends = torch.stack([rows.amax().long(), rows.argmax(), height - 1 - rows.flip(0).argmax(),
+                        cols.argmax(), width - 1 - cols.flip(0).argmax()]).tolist()  # argmax: first maximum
+    if not ends[0]:
+        return None
+    return (max(0, ends[1] - radius), min(height, ends[2] + radius + 1),
+            max(0, ends[3] - radius), min(width, ends[4] + radius + 1))
 
 
 def _edt_chunk(hit: torch.Tensor, radius: int) -> torch.Tensor:
@@ -49,14 +85,17 @@ def _edt_chunk(hit: torch.Tensor, radius: int) -> torch.Tensor:
     g2 = torch.minimum(rows - above, below - rows).clamp(max=far).to(dtype).square()
     d2 = g2.clone()
     tmp = torch.empty_like(g2)
-    for dx in range(1, min(radius, width - 1) + 1):
+    reach = min(radius, width - 1, math.isqrt(int(g2.max())))  # a column dx away costs >= dx² > max d2: no gain
+    dx = 0
+    while dx < reach:
+        dx += 1
         cost = dx * dx
-        if dx % 8 == 1 and cost > int(d2.max()):
-            break
         torch.add(g2[..., :-dx], cost, out=tmp[..., dx:])
         torch.minimum(d2[..., dx:], tmp[..., dx:], out=d2[..., dx:])
         torch.add(g2[..., dx:], cost, out=tmp[..., :-dx])
         torch.minimum(d2[..., :-dx], tmp[..., :-dx], out=d2[..., :-dx])
+        if dx == _EDT_CHECKPOINT:
+            reach = min(reach, math.isqrt(int(d2.max())))  # the same bound once near columns have lowered d2
     return d2
 
 
@@ -85,46 +124,47 @@ class _Field:
         return out.reshape(self.shape)
 
 
-def _distance_field(mask: torch.Tensor, max_distance: float | None, threshold: float) -> _Field:
-    """Exact distance field of mask [...,H,W] as a compact ``_Field`` (see ``pixel_distance``)."""
+def _distance_field(mask: torch.Tensor, max_distance: float | None, threshold: float,
+                    device: Device = None) -> _Field:
+    """Exact distance field of mask [...,H,W] as a compact ``_Field`` on ``device`` (see ``pixel_distance``)."""
     if mask.ndim < 2:
         raise ValueError(f"mask must be [..., height, width]; got shape {tuple(mask.shape)}")
     if max_distance is not None and max_distance < 0:
         raise ValueError(f"max_distance must be >= 0; got {max_distance}")
     height, width = mask.shape[-2:]
-    hit = _binary(mask, threshold).reshape(-1, height, width)
+    hit = _hit_on(mask, threshold, device).reshape(-1, height, width)
     limit = float(height + width) if max_distance is None else float(max_distance)
     radius = int(math.floor(limit))
-    changed = torch.ones(hit.shape[0], dtype=torch.bool, device=hit.device)
-    if hit.shape[0] > 1:
-        changed[1:] = (hit[1:] != hit[:-1]).flatten(1).any(dim=1)
+    box = _box(hit, radius)
+    if box is None:
+        owner = torch.zeros(hit.shape[0], dtype=torch.long, device=hit.device)
+        return _Field(torch.empty(0, 0, 0, device=hit.device), owner, None, tuple(mask.shape), math.inf)
+    y0, y1, x0, x1 = box
+    crop = hit[:, y0:y1, x0:x1]  # every True pixel lies in the box, so frames differ iff their crops differ
+    changed = torch.ones(crop.shape[0], dtype=torch.bool, device=hit.device)
+    if crop.shape[0] > 1:
+        changed[1:] = (crop[1:] != crop[:-1]).flatten(1).any(dim=1)
     owner = torch.cumsum(changed.long(), dim=0) - 1
-    unique = hit[torch.nonzero(changed).flatten()]
-    rows_any = unique.any(dim=2).any(dim=0)
-    if not bool(rows_any.any()):
-        return _Field(torch.empty(0, 0, 0, device=mask.device), owner, None, tuple(mask.shape), math.inf)
-    ys = torch.nonzero(rows_any).flatten()
-    xs = torch.nonzero(unique.any(dim=1).any(dim=0)).flatten()
-    y0, y1 = max(0, int(ys[0]) - radius), min(height, int(ys[-1]) + radius + 1)
-    x0, x1 = max(0, int(xs[0]) - radius), min(width, int(xs[-1]) + radius + 1)
-    crop = unique[:, y0:y1, x0:x1]
-    chunk = max(1, _FRAME_CHUNK_PIXELS // max(1, crop.shape[1] * crop.shape[2]))
+    unique = crop[changed]
+    chunk = max(1, _FRAME_CHUNK_PIXELS // max(1, unique.shape[1] * unique.shape[2]))
     parts = []
-    for i in range(0, crop.shape[0], chunk):
-        d = _edt_chunk(crop[i:i + chunk], radius).to(torch.float32).sqrt()
+    for i in range(0, unique.shape[0], chunk):
+        d = _edt_chunk(unique[i:i + chunk], radius).to(torch.float32).sqrt()
         parts.append(d.masked_fill_(d > limit, math.inf))
-    return _Field(torch.cat(parts), owner, (y0, y1, x0, x1), tuple(mask.shape), math.inf)
+    return _Field(torch.cat(parts), owner, box, tuple(mask.shape), math.inf)
 
 
-def pixel_distance(mask: torch.Tensor, max_distance: float | None = None, threshold: float = 0.5) -> torch.Tensor:
+def pixel_distance(mask: torch.Tensor, max_distance: float | None = None, threshold: float = 0.5,
+                   device: Device = None) -> torch.Tensor:
     """Exact Euclidean distance in pixels from each pixel of mask [...,H,W] to the nearest mask pixel, per 2D frame.
 
     0 inside the mask. Distances greater than ``max_distance`` (and every pixel of an empty frame) are ``inf``;
     the transform only searches that far (and only inside the masks' box grown by it), which keeps it cheap for
     small falloffs. Exact: a separable two-pass transform (column distances, then a windowed minimum over
-    columns) in integers. Runs of identical consecutive frames (static masks) are computed once.
+    columns) in integers, then one correctly rounded sqrt, so every device gives the same bits. Runs of identical
+    consecutive frames (static masks) are computed once. Computed and returned on ``device`` (None: the mask's).
     """
-    return _distance_field(mask, max_distance, threshold).full()
+    return _distance_field(mask, max_distance, threshold, device).full()
 
 
 def falloff_ramp(distance: torch.Tensor, falloff: float, shape: str = "cosine") -> torch.Tensor:
@@ -149,14 +189,15 @@ def _group_frames(hit: torch.Tensor, temporal: int) -> torch.Tensor:
 
 
 def renoise_alpha(pixel_mask: torch.Tensor, falloff_px: float, temporal: int = TEMPORAL_FACTOR,
-                  spatial: int = SPATIAL_FACTOR, threshold: float = 0.5, shape: str = "cosine") -> torch.Tensor:
+                  spatial: int = SPATIAL_FACTOR, threshold: float = 0.5, shape: str = "cosine",
+                  device: Device = None) -> torch.Tensor:
     """Per-token α [f,h,w] (float32) for the ``renoised`` blend from a pixel mask [F,H,W] and a falloff in pixels.
 
     Pixels are grouped in time the way LTX-2's causal VAE groups them (frame 0 alone, then groups of
     ``temporal``); each pixel gets ``falloff_ramp`` of its exact distance to the group's mask; a token's α is the
     mean over its ``spatial``×``spatial`` patch, forced to 1 when any pixel of the token is covered (the same
     max-pool rule as ``pixel_mask_to_token_mask``). Tokens whose every pixel lies ``falloff_px`` or more from the
-    mask get exactly 0.
+    mask get exactly 0. Computed and returned on ``device`` (None: the mask's).
     """
     if pixel_mask.ndim != 3:
         raise ValueError(f"pixel_mask must be [frames, height, width]; got shape {tuple(pixel_mask.shape)}")
@@ -165,7 +206,7 @@ def renoise_alpha(pixel_mask: torch.Tensor, falloff_px: float, temporal: int = T
     frames, height, width = pixel_mask.shape
     check_frames(frames, temporal)
     check_size(height, width, spatial)
-    grouped = _group_frames(_binary(pixel_mask, threshold), temporal)
+    grouped = _group_frames(_hit_on(pixel_mask, threshold, device), temporal)
     covered = F.max_pool2d(grouped.float().unsqueeze(1), spatial, spatial).squeeze(1) > 0
     if falloff_px == 0:
         return covered.to(torch.float32)
@@ -316,28 +357,31 @@ def compute_boundary_blend_mask(token_mask: torch.Tensor, falloff: int = 3, shar
     return torch.sigmoid(sharpness * signed / falloff).reshape(grid.shape)
 
 
-def _feather_field(pixel_mask: torch.Tensor, feather_px: float, threshold: float, shape: str) -> _Field:
-    """Compact pixel α field for ``feather_mask``/``composite``."""
+def _feather_field(pixel_mask: torch.Tensor, feather_px: float, threshold: float, shape: str,
+                   device: Device = None) -> _Field:
+    """Compact pixel α field for ``feather_mask``/``composite``, on ``device``."""
     if pixel_mask.ndim != 3:
         raise ValueError(f"pixel_mask must be [frames, height, width]; got shape {tuple(pixel_mask.shape)}")
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0; got {feather_px}")
-    return _distance_field(pixel_mask, feather_px, threshold).map(
+    return _distance_field(pixel_mask, feather_px, threshold, device).map(
         lambda d: falloff_ramp(d, feather_px, shape), 0.0)
 
 
 def feather_mask(pixel_mask: torch.Tensor, feather_px: float, threshold: float = 0.5,
-                 shape: str = "cosine") -> torch.Tensor:
+                 shape: str = "cosine", device: Device = None) -> torch.Tensor:
     """Pixel α [F,H,W]: 1 inside the mask, ramping to exactly 0 at ``feather_px`` outside (exact distance, per frame)."""
-    return _feather_field(pixel_mask, feather_px, threshold, shape).full()
+    return _feather_field(pixel_mask, feather_px, threshold, shape, device).full()
 
 
 def composite(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, feather_px: float,
-              threshold: float = 0.5, shape: str = "cosine") -> torch.Tensor:
+              threshold: float = 0.5, shape: str = "cosine", device: Device = None) -> torch.Tensor:
     """Final pixel composite [F,H,W,C]: edited inside, feathered seam, the source bitwise beyond the feather.
 
-    ``mask`` is [F,H,W] (or [1,H,W] for a static mask). The result has the source's dtype and device; only the
-    box around the mask (grown by the feather) is computed, the rest is a copy of the source.
+    ``mask`` is [F,H,W] (or [1,H,W] for a static mask). Runs on ``device`` (None: the edited frames' device, i.e.
+    the decode's): frames and mask go there once, the α field, the checks and the mix run there in the source's
+    dtype, and the result comes back once, with the source's dtype and device (a CPU IMAGE stays a CPU IMAGE).
+    Only the box around the mask (grown by the feather) is mixed; the rest is a copy of the source.
     """
     if edited.shape != source.shape or edited.ndim != 4:
         raise ValueError(f"edited frames {tuple(edited.shape)} and source frames {tuple(source.shape)} differ; both "
@@ -345,23 +389,24 @@ def composite(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, fe
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     check_finite_value("feather_px", feather_px)
-    check_finite_tensor("edited frames", edited)
-    check_finite_tensor("source frames", source)
-    check_finite_tensor("mask", mask)
     if mask.ndim != 3 or mask.shape[-2:] != source.shape[1:3] or mask.shape[0] not in (1, source.shape[0]):
         raise ValueError(f"mask must be [F,H,W] or [1,H,W] matching the frames {tuple(source.shape[:3])}; "
                          f"got {tuple(mask.shape)}")
-    field = _feather_field(mask.to(source.device), feather_px, threshold, shape)
-    out = source.clone()
-    if field.box is None:
-        return out
-    y0, y1, x0, x1 = field.box
-    alpha = field.values[field.owner].unsqueeze(-1).to(source.dtype)
-    src = source[:, y0:y1, x0:x1]
-    edt = edited[:, y0:y1, x0:x1].to(device=source.device, dtype=source.dtype)
-    mixed = torch.lerp(src, edt, alpha)
-    out[:, y0:y1, x0:x1] = torch.where(alpha <= 0, src, torch.where(alpha >= 1, edt, mixed))
-    return out
+    work = edited.device if device is None else torch.device(device)
+    edited_w, source_w, mask_w = edited.to(work), source.to(work), _moved(mask, work)
+    check_finite_tensor("edited frames", edited_w)
+    check_finite_tensor("source frames", source_w)
+    check_finite_tensor("mask", mask_w)
+    out = source_w.clone() if source_w is source else source_w
+    field = _feather_field(mask_w, feather_px, threshold, shape)
+    if field.box is not None:
+        y0, y1, x0, x1 = field.box
+        alpha = field.values[field.owner].unsqueeze(-1).to(source.dtype)
+        src = out[:, y0:y1, x0:x1]
+        edt = edited_w[:, y0:y1, x0:x1].to(source.dtype)
+        mixed = torch.lerp(src, edt, alpha)
+        out[:, y0:y1, x0:x1] = torch.where(alpha <= 0, src, torch.where(alpha >= 1, edt, mixed))
+    return out.to(source.device)
 
 
 @dataclass(frozen=True)
@@ -399,15 +444,18 @@ class BoundaryBlender:
     """Precomputed hard/soft α for one edit; applies the configured latent blend each step and the final composite."""
 
     def __init__(self, pixel_mask: torch.Tensor, settings: BlendSettings | None = None,
-                 temporal: int = TEMPORAL_FACTOR, spatial: int = SPATIAL_FACTOR, threshold: float = 0.5) -> None:
+                 temporal: int = TEMPORAL_FACTOR, spatial: int = SPATIAL_FACTOR, threshold: float = 0.5,
+                 device: Device = None) -> None:
+        """Build the hard and soft α on ``device`` (the model's; None: where the mask lies)."""
         self.settings = settings or BlendSettings()
         self.spatial = spatial
         self.threshold = threshold
         self.pixel_mask = pixel_mask
-        self.hard = renoise_alpha(pixel_mask, 0.0, temporal, spatial, threshold)
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.hard = renoise_alpha(pixel_mask, 0.0, temporal, spatial, threshold, device=device)
         if self.settings.mode == "renoised":
             self.soft = renoise_alpha(pixel_mask, self.settings.falloff_px, temporal, spatial, threshold,
-                                      self.settings.ramp_shape)
+                                      self.settings.ramp_shape, device)
         elif self.settings.mode == "distance":
             self.soft = compute_boundary_blend_mask(self.hard > 0, self.settings.falloff_tokens, self.settings.sharpness)
         else:
@@ -425,7 +473,13 @@ class BoundaryBlender:
     def alpha(self, step: int, num_steps: int, idx: torch.Tensor | None = None) -> torch.Tensor:
         """α [f,h,w] for this step, or [N] gathered at flat token indices ``idx``."""
         a = scheduled_alpha(self.hard, self.soft, step, num_steps, self.settings.schedule)
-        return a if idx is None else a.reshape(-1)[idx.to(a.device)]
+        return a if idx is None else a.reshape(-1)[self._on_alpha_device(idx)]
+
+    def _on_alpha_device(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` on α's device, copied once per index tensor (the sampler passes one per window to every step)."""
+        if self._index is None or self._index[0] is not idx:
+            self._index = (idx, idx.to(self.hard.device))
+        return self._index[1]
 
     def step(self, x: torch.Tensor, source_latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float,
              step: int, num_steps: int, idx: torch.Tensor | None = None) -> torch.Tensor:

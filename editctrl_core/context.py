@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers import AutoencoderKLLTX2Video
 
-from .checks import check_finite_tensor
+from .checks import check_finite_tensor, check_finite_value
 from .geometry import GeometryError, LatentGrid, Padding, check_geometry, grid_for
 from .masks import pixel_mask_to_token_mask
 from .vae import encode_frames
 
 BACKGROUND_FILL = 0.5
+#: LTX-2's frame rate, for clips whose own rate is unknown (RoPE's time axis is in seconds: frame / fps).
+DEFAULT_FPS = 24.0
 GEOMETRY_MODES = ("pad", "strict")
 _FILL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
 class EditContext:
-    """Everything the sampler and the compositor need about one clip and its edit mask."""
+    """Everything the sampler and the compositor need about one clip and its edit mask (`fill`: the grey-clip
+    latents an edit region is blanked to; `fps`: the clip's frame rate, RoPE's time axis)."""
 
     frames: torch.Tensor
     mask: torch.Tensor
@@ -29,6 +32,8 @@ class EditContext:
     token_mask: torch.Tensor
     grid: LatentGrid
     padding: Padding | None = None
+    fill: torch.Tensor | None = None
+    fps: float = DEFAULT_FPS
 
     @property
     def notes(self) -> list[str]:
@@ -51,6 +56,25 @@ class EditContext:
     @property
     def mask_fraction(self) -> float:
         return float(self.token_mask.float().mean())
+
+    def with_regions(self, masks: list[torch.Tensor]) -> EditContext:
+        """This context with the pixel masks [F,H,W] (on its grid) added to the edit mask: the union is what the
+        background blanks, the adapters' mask channel shows, the blend and the composite keep; regions outside the
+        first mask are edited like it."""
+        if not masks:
+            return self
+        pixel = self.mask
+        for mask in masks:
+            pixel = torch.maximum(pixel, mask.to(pixel))
+        tokens = pixel_mask_to_token_mask(pixel) | self.token_mask
+        added = tokens & ~self.token_mask
+        background = self.background_latents
+        if bool(added.any()):
+            if self.fill is None:
+                raise ValueError("a region reaches beyond the edit mask, but this edit context has no fill latents to "
+                                 "blank it with; include every region in the mask given to EditCtrl Encode")
+            background = blank_background(background, added, self.fill)
+        return replace(self, mask=pixel, background_latents=background, token_mask=tokens)
 
 
 def to_tokens(latents: torch.Tensor) -> torch.Tensor:
@@ -111,16 +135,17 @@ def blank_background(source: torch.Tensor, token_mask: torch.Tensor, fill: torch
 
 
 def prepare_edit(vae: AutoencoderKLLTX2Video, frames: torch.Tensor, mask: torch.Tensor,
-                 geometry: str = "pad") -> EditContext:
+                 geometry: str = "pad", fps: float = DEFAULT_FPS) -> EditContext:
     """VAE-encode the source clip once, map the mask to tokens and blank those tokens to the grey-clip latents
     (the background the SCD encoder and the adapters see, exactly as in training). Any clip shape goes in; it is
-    padded to LTX-2's grid and `EditContext.crop` takes the result back to it."""
+    padded to LTX-2's grid and `EditContext.crop` takes the result back to it. `fps` is the clip's frame rate."""
+    check_finite_value("fps", fps)
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0; got {fps}")
     frames, mask, padding = conform(frames.float(), mask.float(), geometry)
     grid = grid_for(frames.shape[0], frames.shape[1], frames.shape[2])
     source = encode_frames(vae, frames).cpu()
     token_mask = pixel_mask_to_token_mask(mask)
-    if bool(token_mask.any()):
-        background = blank_background(source, token_mask, fill_latents(vae, tuple(frames.shape[:3])))
-    else:
-        background = source.clone()
-    return EditContext(frames, mask, source, background, token_mask, grid, padding)
+    fill = fill_latents(vae, tuple(frames.shape[:3]))
+    background = blank_background(source, token_mask, fill) if bool(token_mask.any()) else source.clone()
+    return EditContext(frames, mask, source, background, token_mask, grid, padding, fill, float(fps))

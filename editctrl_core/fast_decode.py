@@ -35,8 +35,8 @@ from diffusers.models.activations import GELU
 from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .adapters import LocalContextModule, rope_3d, timestep_embedding
-from .scd import DecodePlan, LTX2Stack, SCDModel, TextContext, shift_one_frame
+from .adapters import LocalContextModule
+from .scd import DEFAULT_FPS, DecodePlan, LTX2Stack, SCDModel, TextContext, per_prompt, shift_one_frame
 from .text import TextConditioning
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -315,37 +315,17 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
 
 
 class FastLocal:
-    """LocalContextModule.forward with its rotary table and text keys/values cached for one edit."""
+    """LocalContextModule with its per-edit part (context embedding, rotary table, text keys/values) cached."""
 
     def __init__(self, local: LocalContextModule, tokens: torch.Tensor, coords: torch.Tensor, text: torch.Tensor,
                  text_mask: torch.Tensor | None):
         """Cache what does not change between steps (tokens [B,N,C+1], coords [3,N], text [B,T,D])."""
-        cfg = local.config
         self.local = local
-        self.dtype = local.proj_in.weight.dtype
-        b, n, _ = tokens.shape
-        if coords.ndim == 2:
-            coords = coords.unsqueeze(0).expand(b, -1, -1)
-        self.rope = rope_3d(coords.to(tokens.device), cfg.head_dim, cfg.rope_theta)
-        self.x0 = local.proj_in(tokens.to(self.dtype))
-        text = text.to(self.dtype)
-        self.kv = [blk.attn2.kv(text) for blk in local.blocks]
-        self.text_mask = text_mask
+        self.prepared = local.prepare(tokens, coords, text, text_mask)
 
-    def __call__(self, sigma: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Residuals {decoder block: [B,N,model_dim]} at σ [B] (AdaLN recomputed every step)."""
-        local, cfg = self.local, self.local.config
-        sig = sigma.to(torch.float32).flatten().expand(self.x0.shape[0])
-        mods = local.adaln(local.time_embed(timestep_embedding(sig * cfg.timestep_scale, 256).to(self.dtype)))
-        x = self.x0
-        for blk, kv in zip(local.blocks, self.kv):
-            parts = (blk.scale_shift_table[None] + mods.unflatten(-1, (6, -1))).unsqueeze(2).unbind(1)
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = parts
-            x = x + gate_msa * blk.attn1(blk.norm1(x) * (1 + scale_msa) + shift_msa, rope=self.rope)
-            x = x + blk.attn2(blk.norm2(x), None, key_mask=self.text_mask, kv=kv)
-            x = x + gate_mlp * blk.ff(blk.norm3(x) * (1 + scale_mlp) + shift_mlp)
-        x = local.norm_out(x)
-        return {i: local.out_proj[str(i)](x) for i in cfg.target_blocks}
+    def __call__(self, sigma: torch.Tensor, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Hints {decoder block: [B,N,model_dim]} from this step's noisy tokens x [B,N,C] at σ [B]."""
+        return self.local.step(self.prepared, x, sigma)
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -497,7 +477,7 @@ class FastDecoder:
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
         noisy = s.model.proj_in(x.to(s.device, s.dtype))
-        residuals = self.local(sigma) if self.local is not None else {}
+        residuals = self.local(sigma, x) if self.local is not None else {}
         text = self.text_kv
         if text is None:
             text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
@@ -552,7 +532,7 @@ class FastStack:
                                     self.text_kv[i], self.text_bias, frame_tokens=frame_tokens, repeats=repeats)
         return hidden
 
-    def rope(self, grid: tuple[int, int, int], batch: int = 1, fps: float = 24.0) -> Rope | SplitRope:
+    def rope(self, grid: tuple[int, int, int], batch: int = 1, fps: float = DEFAULT_FPS) -> Rope | SplitRope:
         """Rotary tables of every token of a grid (compute once: building them copies from the host)."""
         s = self.stack
         return split_rope(s.rope(s.video_coords(grid, batch, fps)), self.rope_type)
@@ -569,15 +549,16 @@ class FastStack:
         return s.head(hidden, time.embedded)
 
 
-def fast_encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning
-                ) -> torch.Tensor:
+def fast_encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+                fps: float = DEFAULT_FPS) -> torch.Tensor:
     """``SCDModel.encode`` with frame-block-causal attention computed by chunks (no [N,N] mask) and no audio stream."""
     s = scd.stack
+    background = per_prompt(background, text)
     batch = background.shape[0]
     sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
     time = s.time(sigma, sigma)
     fast = FastStack(s, text, range(scd.split_layer), time.temb_prompt)
-    rope = split_rope(s.rope(s.video_coords(grid, batch, scd.options.fps)), fast.rope_type)
+    rope = split_rope(s.rope(s.video_coords(grid, batch, fps)), fast.rope_type)
     hidden = s.model.proj_in(background.to(s.device, s.dtype))
     frame_tokens = grid[1] * grid[2] if scd.options.causal else None
     hidden = fast.run(hidden, time.temb, rope, frame_tokens=frame_tokens, once=True)
@@ -776,28 +757,29 @@ class _Encoded:
 
 class EncoderCache:
     """The last SCD encoder output per process, reused when the same background and prompt come again with the
-    same weights (value-checked like :class:`StepCache`)."""
+    same weights (value-checked like :class:`StepCache`: every prompt row, the negative included, and the clip's
+    frame rate)."""
 
     def __init__(self) -> None:
         self.entry: _Encoded | None = None
         self.hits = 0
 
-    def encode(self, scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning
-               ) -> torch.Tensor:
+    def encode(self, scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+               fps: float = DEFAULT_FPS) -> torch.Tensor:
         """:func:`fast_encode`, or its cached result for the same inputs."""
         if not STEP_CACHE.active(scd.stack.device):
-            return fast_encode(scd, background, grid, text)
+            return fast_encode(scd, background, grid, text, fps)
         inputs = [background, text.embeds, text.mask, getattr(text, "audio_embeds", None)]
         blocks = list(scd.stack.model.transformer_blocks)[:scd.split_layer]
         key = (id(scd.stack.model), tuple(grid), scd.split_layer, scd.options.causal, scd.options.shift,
-               scd.options.fps, tensor_layout(inputs))
+               float(fps), tensor_layout(inputs))
         signature = (module_signature([scd.stack.model]), backend_signature(), len(blocks))
         e = self.entry
         if e is not None and e.key == key and e.signature == signature and _equal(e.inputs, inputs):
             self.hits += 1
             return e.context
         self.entry = None
-        context = fast_encode(scd, background, grid, text)
+        context = fast_encode(scd, background, grid, text, fps)
         self.entry = _Encoded(key, signature, [t if t is None else t.detach().clone() for t in inputs], context)
         return context
 

@@ -53,11 +53,13 @@ def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g
 
 
 class CachedSelfAttention:
-    """Attention processor for a block's `attn1` that prepends cached keys/values of earlier windows."""
+    """Attention processor for a block's `attn1` that prepends cached keys/values of earlier windows (``keep``: add
+    this call's own to the cache; off, a call attends to the cache without changing it)."""
 
     def __init__(self) -> None:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
+        self.keep = True
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
@@ -69,22 +71,29 @@ class CachedSelfAttention:
         if self.keys is not None:
             key = torch.cat([self.keys, key], dim=1)
             value = torch.cat([self.values, value], dim=1)
-        self.keys, self.values = key, value
+        if self.keep:
+            self.keys, self.values = key, value
         return _attend(attn, query, key, value, gate_logits, attention_mask)
+
+
+@contextmanager
+def installed(blocks: list[torch.nn.Module], processors: list) -> Iterator[list]:
+    """Set the blocks' video self-attention processors while entered; restore the originals on exit."""
+    originals = [block.attn1.processor for block in blocks]
+    try:
+        for block, processor in zip(blocks, processors):
+            block.attn1.set_processor(processor)
+        yield processors
+    finally:
+        for block, original in zip(blocks, originals):
+            block.attn1.set_processor(original)
 
 
 @contextmanager
 def cached_self_attention(blocks: list[torch.nn.Module]) -> Iterator[list[CachedSelfAttention]]:
     """Install fresh caching processors on the blocks' video self-attention; restore the originals on exit."""
-    originals = [block.attn1.processor for block in blocks]
-    caches = [CachedSelfAttention() for _ in blocks]
-    try:
-        for block, cache in zip(blocks, caches):
-            block.attn1.set_processor(cache)
+    with installed(blocks, [CachedSelfAttention() for _ in blocks]) as caches:
         yield caches
-    finally:
-        for block, original in zip(blocks, originals):
-            block.attn1.set_processor(original)
 
 
 class PrefixAttention(CachedSelfAttention):

@@ -50,5 +50,5 @@ def token_mask_to_pixel_mask(token_mask: torch.Tensor, pixel_frames: int, tempor
     """Inverse mapping of `pixel_mask_to_token_mask` (nearest): token mask [f,h,w] → float pixel mask [F,H,W]."""
     f, h, w = token_mask.shape
     up = token_mask.float().repeat_interleave(spatial, 1).repeat_interleave(spatial, 2)
-    index = torch.clamp((torch.arange(pixel_frames) + temporal - 1) // temporal, max=f - 1)
+    index = torch.clamp((torch.arange(pixel_frames, device=up.device) + temporal - 1) // temporal, max=f - 1)
     return up[index]

@@ -148,6 +148,25 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
         raise ModelLoadError(f"{Path(path).name} is not a readable safetensors file ({exc})") from exc
 
 
+def source_metadata(source: str | Path | None) -> dict[str, str]:
+    """The safetensors metadata of where a model was loaded from (`LoadedModels.source`): a file's header; for a
+    diffusers folder, its transformer weights' first file; {} for presets, native models, or a source that is no
+    longer readable (the model is already loaded: a schedule choice then falls back, it never fails the edit)."""
+    path = Path(str(source)) if source else None
+    if path is None or str(source).startswith("preset:"):
+        return {}
+    if path.is_dir():
+        root = path / "transformer" if (path / "transformer").is_dir() else path
+        files = sorted(root.glob("*.safetensors"))
+        path = files[0] if files else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return read_safetensors_metadata(path)
+    except ModelLoadError:
+        return {}
+
+
 def recorded_transformer_config(metadata: dict[str, str]) -> dict[str, Any]:
     """The diffusers transformer config a file written by `save_transformer_official` records
     (``editctrl.transformer_config``), or {}."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import LTX2VideoTransformer3DModel
 
-from .context import EditContext, blank_background, fill_latents
+from .context import DEFAULT_FPS, EditContext, blank_background, fill_latents
 from .geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, LatentGrid, Padding
 from .lora import diffusers_to_native, native_to_diffusers
 from .masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
@@ -464,7 +464,8 @@ def conform_mask(mask: torch.Tensor, grid: LatentGrid) -> torch.Tensor:
     return padding.pad(m) if padding.padded_shape[0] == grid.pixel_frames else m
 
 
-def edit_context_from_latents(vae, samples: torch.Tensor, region: torch.Tensor, frames: torch.Tensor | None = None):
+def edit_context_from_latents(vae, samples: torch.Tensor, region: torch.Tensor, frames: torch.Tensor | None = None,
+                              fps: float = DEFAULT_FPS):
     """An EditContext from native LTX-2 latents (a LATENT's ``samples``), the edit region (its ``noise_mask`` or a
     pixel MASK, any form `token_mask_from_noise_mask` reads) and optionally the source frames: the same context
     `context.prepare_edit` builds from the frames (background = source with the region blanked to our VAE's
@@ -483,12 +484,9 @@ def edit_context_from_latents(vae, samples: torch.Tensor, region: torch.Tensor, 
         region = conform_mask(region, grid)
     tokens = token_mask_from_noise_mask(region, grid)
     pixel_mask = pixel_mask_for(region, tokens, grid)
-    if bool(tokens.any()):
-        background = blank_background(source, tokens, fill_latents(vae, (grid.pixel_frames, grid.pixel_height,
-                                                                         grid.pixel_width)))
-    else:
-        background = source.clone()
-    return EditContext(frames, pixel_mask, source, background, tokens, grid, padding)
+    fill = fill_latents(vae, (grid.pixel_frames, grid.pixel_height, grid.pixel_width))
+    background = blank_background(source, tokens, fill) if bool(tokens.any()) else source.clone()
+    return EditContext(frames, pixel_mask, source, background, tokens, grid, padding, fill=fill, fps=fps)
 
 
 # ------------------------------------------------------------------------------------------------ conditioning

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .blend import BlendSettings, BoundaryBlender
+from .blend import BlendSettings, BoundaryBlender, composite
 from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
 from .fast_decode import ENCODER_CACHE, STEP_CACHE, FastDecoder, compiled_video_block, video_block
 from .geometry import Padding
 from .guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_velocity
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
-from .scd import SCDModel
+from .scd import SCDModel, WindowEncoder
 from .schedules import DISTILLED_SIGMAS, check_sigmas, ltx2_sigmas
 from .text import TextConditioning, concat_conditionings
 from .training_free import FastMaskLocal, FullModel, MaskLocalModel
@@ -99,10 +99,20 @@ class EditResult:
     source_frames: torch.Tensor | None = None
     padding: Padding | None = None
     mode: str = "scd"
+    pixel_mask: torch.Tensor | None = None
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
         """Decoded frames on the model's grid → the clip's own frame count and size."""
         return frames if self.padding is None else self.padding.crop(frames)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The pixel mask [F,H,W] the edit used (the main mask and every region), at the clip's own size."""
+        return None if self.pixel_mask is None else self.crop(self.pixel_mask)
+
+    def composite(self, edited: torch.Tensor, source: torch.Tensor, feather_px: float) -> torch.Tensor:
+        """Frames at the clip's size [F,H,W,3] pasted into the source by the edit's own mask (every region)."""
+        return composite(edited, source, self.mask, feather_px)
 
 
 def edit_sigmas(settings: SamplerSettings, num_tokens: int) -> torch.Tensor:
@@ -169,16 +179,19 @@ def region_text(positive: TextConditioning, regions: list[tuple[torch.Tensor, Te
     return both, torch.stack([keep, negative_keep])
 
 
-def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int) -> list[torch.Tensor]:
-    """Positions (into `index`) of the selected tokens of each window of `window_frames` latent frames."""
+def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int
+             ) -> list[tuple[int, int, torch.Tensor]]:
+    """(first frame, end frame, positions into `index` of its selected tokens) of each window of `window_frames`
+    latent frames that has tokens to edit."""
     if window_frames <= 0:
-        return [torch.arange(index.numel())]
+        return [(0, grid[0], torch.arange(index.numel()))]
     frame = index // (grid[1] * grid[2])
     out = []
     for start in range(0, grid[0], window_frames):
-        pos = ((frame >= start) & (frame < start + window_frames)).nonzero().squeeze(1)
+        stop = min(grid[0], start + window_frames)
+        pos = ((frame >= start) & (frame < stop)).nonzero().squeeze(1)
         if pos.numel():
-            out.append(pos)
+            out.append((start, stop, pos))
     return out
 
 
@@ -249,13 +262,23 @@ def check_finite_step(x: torch.Tensor, step: int, steps: int) -> None:
 
 
 def _encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
-            fast: bool) -> torch.Tensor:
-    """The SCD encoder once per edit: frame-causal attention by chunks (no dense [N,N] mask) on the fast path, its
-    output kept per process for the same background, prompt and weights (:data:`ENCODER_CACHE`)."""
+            fast: bool, fps: float) -> torch.Tensor:
+    """The SCD encoder once per edit for every prompt of `text` (CFG's negative too): frame-causal attention by
+    chunks (no dense [N,N] mask) on the fast path, its output kept per process for the same background, prompts,
+    frame rate and weights (:data:`ENCODER_CACHE`)."""
     if not fast:
-        return scd.encode(background, grid, text)
+        return scd.encode(background, grid, text, fps)
     scd.encoder_calls += 1
-    return ENCODER_CACHE.encode(scd, background, grid, text)
+    return ENCODER_CACHE.encode(scd, background, grid, text, fps)
+
+
+def _window_context(encoder: WindowEncoder, context: torch.Tensor, tokens: torch.Tensor, background: torch.Tensor,
+                    start: int, stop: int) -> torch.Tensor:
+    """`context` [B,N,D] with frames [start, stop) encoded after the frames before them as edited so far (`tokens`)."""
+    per_frame = encoder.per_frame
+    encoder.commit(tokens, start)
+    context[:, start * per_frame:stop * per_frame] = encoder.context(background, start, stop).to(context)
+    return context
 
 
 def _background_keep(positive: TextConditioning, region_masks: list, negative: TextConditioning | None,
@@ -302,53 +325,51 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
                 regions: list[Region] | None = None) -> EditResult:
     """Edit the masked region of `ctx` following the prompt; everything outside the dilated mask is the source.
 
-    `regions` add areas with their own prompts (one pass; each region's tokens attend only to their prompt).
-    With `settings.window_frames`, the encoder runs window by window (K/V cache carried across windows) and each
-    window's tokens are denoised in turn.
+    `regions` add areas with their own prompts (one pass; each region's tokens attend only to their prompt); the
+    union of all masks is the edit mask (background blanking, adapters, blend, composite). With CFG every pass, the
+    SCD encoder included, runs the negative prompt for the unconditional branch. With `settings.window_frames`, the
+    windows are edited in turn, each conditioned on the earlier ones as edited. RoPE uses the clip's `ctx.fps`.
     """
     settings.validate()
     check_inputs_finite(ctx, positive, negative, regions)
+    region_pixels = [region_on_grid(ctx, region, number) for number, region in enumerate(regions or [], start=1)]
+    ctx = ctx.with_regions(region_pixels)
     grid = ctx.grid.shape
-    blender = BoundaryBlender(ctx.mask, settings.blend) if settings.blend is not None else None
+    device = scd.stack.device
+    blender = BoundaryBlender(ctx.mask, settings.blend, device=device) if settings.blend is not None else None
     min_dilation = blender.required_dilation if blender else 0
     dilated, index = edit_token_index(ctx.token_mask, settings, min_dilation)
-    region_masks = []
-    for number, region in enumerate(regions or [], start=1):
-        region_mask = region_on_grid(ctx, region, number)
-        region_dilated, _ = edit_token_index(pixel_mask_to_token_mask(region_mask), settings, min_dilation)
-        region_masks.append((region_dilated, region.prompt))
-        dilated = dilated | region_dilated
-    index = dilated.flatten().nonzero().squeeze(1)
-    device = scd.stack.device
+    region_masks = [(edit_token_index(pixel_mask_to_token_mask(mask), settings, min_dilation)[0], region.prompt)
+                    for mask, region in zip(region_pixels, regions or [])]
     source = to_tokens(ctx.source_latents.float()).to(device)
     calls0 = (scd.decoder_calls, scd.encoder_calls)
     if index.numel() == 0:
-        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames, ctx.padding, settings.mode)
+        return EditResult(ctx.source_latents.clone(), dilated, 0, 0, ctx.frames, ctx.padding, settings.mode, ctx.mask)
     use_cfg = negative is not None and settings.cfg != 1.0
     keep = None
     if region_masks:
         text, keep = region_text(positive, region_masks, negative if use_cfg else None, index)
-        encoder_text = TextConditioning(text.embeds[:1], text.mask[:1], audio_embeds=None if text.audio_embeds is None
-                                        else text.audio_embeds[:1])
     else:
         text = concat_conditionings([positive, negative]) if use_cfg else positive
-        encoder_text = positive
+    windows = _windows(index, grid, settings.window_frames if settings.mode != "full" else 0)
+    background = to_tokens(ctx.background_latents)
+    encoder = None
     if settings.mode == "scd":
-        background = to_tokens(ctx.background_latents)
         if settings.window_frames:
-            context = scd.encode_windowed(background, grid, encoder_text, settings.window_frames)
+            encoder = WindowEncoder(scd, grid, text, ctx.fps)
+            context = torch.zeros(text.embeds.shape[0], background.shape[1], scd.stack.model.proj_in.out_features,
+                                  device=device, dtype=scd.stack.dtype)
         else:
-            context = _encode(scd, background, grid, encoder_text, settings.fast)
+            context = _encode(scd, background, grid, text, settings.fast, ctx.fps)
     else:
-        pretrained = (MaskLocalModel if settings.mode == "training_free" else FullModel)(scd.stack, scd.options.fps)
+        pretrained = (MaskLocalModel if settings.mode == "training_free" else FullModel)(scd.stack, ctx.fps)
     noise_all = to_tokens(noise_like(ctx.source_latents, settings.seed)).to(device)
     sigmas = edit_sigmas(settings, ctx.grid.num_tokens)
     batch = 2 if use_cfg else 1
     tokens = source.clone()
-    windows = _windows(index, grid, settings.window_frames if settings.mode != "full" else 0)
     total = settings.steps * len(windows)
     pending = dilated.flatten().clone()
-    for number, positions in enumerate(windows):
+    for number, (first, end, positions) in enumerate(windows):
         idx = index[positions]
         noise = noise_all[:, idx.to(device)]
         x0 = source[:, idx.to(device)]
@@ -356,8 +377,10 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
         example = (x.expand(batch, -1, -1).contiguous(), torch.full((batch,), float(sigmas[0]), device=device))
         text_keep = None if keep is None else keep[:, positions]
         if settings.mode == "scd":
+            if encoder is not None:
+                context = _window_context(encoder, context, tokens, background, first, end)
             plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
-                            text_keep=text_keep)
+                            text_keep=text_keep, fps=ctx.fps)
             decode = _step_function(scd, plan, settings, *example)
         else:
             background_keep = None
@@ -383,4 +406,4 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
         pending[idx] = False
     decoder_calls = scd.decoder_calls - calls0[0] if settings.mode == "scd" else pretrained.decoder_calls
     return EditResult(from_tokens(tokens, grid).cpu(), dilated, decoder_calls, scd.encoder_calls - calls0[1],
-                      ctx.frames, ctx.padding, settings.mode)
+                      ctx.frames, ctx.padding, settings.mode, ctx.mask)

@@ -20,7 +20,8 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
-from .kv_cache import OneWayPrefixAttention, PrefixAttention, cached_self_attention
+from .context import DEFAULT_FPS
+from .kv_cache import CachedSelfAttention, OneWayPrefixAttention, PrefixAttention, cached_self_attention, installed
 from .scd_metadata import PREFIX_MODES
 from .text import TextConditioning
 
@@ -92,8 +93,9 @@ class LTX2Stack:
     def dtype(self) -> torch.dtype:
         return self.model.proj_in.weight.dtype
 
-    def video_coords(self, grid: tuple[int, int, int], batch: int = 1, fps: float = 24.0) -> torch.Tensor:
-        """Patch-boundary coordinates [B,3,N,2] of every token of a latent grid (frames, height, width)."""
+    def video_coords(self, grid: tuple[int, int, int], batch: int = 1, fps: float = DEFAULT_FPS) -> torch.Tensor:
+        """Patch-boundary coordinates [B,3,N,2] of every token of a latent grid (frames, height, width) of a clip at
+        `fps` (diffusers' own, as its forward computes them from ``fps``: the time axis is in seconds)."""
         f, h, w = grid
         return self.model.rope.prepare_video_coords(batch, f, h, w, self.device, fps=fps)
 
@@ -206,6 +208,13 @@ def frame_causal_bias(grid: tuple[int, int, int], device: torch.device, dtype: t
     return torch.where(allowed, 0.0, MASK_BIAS).to(dtype)[None]
 
 
+def per_prompt(tokens: torch.Tensor, text: TextConditioning) -> torch.Tensor:
+    """Tokens [1,N,C] repeated for every prompt of `text` (CFG's conditional and unconditional rows), so the encoder
+    runs each prompt: the negative branch is unconditional all the way through."""
+    batch = text.embeds.shape[0]
+    return tokens if tokens.shape[0] == batch else tokens.expand(batch, -1, -1)
+
+
 def shift_one_frame(context: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """Shift per-token encoder features by one latent frame: frame i gets frame i-1's features, frame 0 zeros."""
     f, h, w = grid
@@ -236,7 +245,6 @@ class SCDOptions:
     causal: bool = True
     shift: bool = False
     concat: bool = True
-    fps: float = 24.0
     prefix: str = "one_way"
 
     def __post_init__(self) -> None:
@@ -319,14 +327,17 @@ class SCDModel:
     def split_layer(self) -> int:
         return self.options.split_layer
 
-    def encode(self, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning) -> torch.Tensor:
-        """Encoder pass over clean background tokens [B,N,C] at σ=0; returns (shifted) context features [B,N,D]."""
+    def encode(self, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
+               fps: float = DEFAULT_FPS) -> torch.Tensor:
+        """Encoder pass over clean background tokens [B,N,C] at σ=0 for every prompt of `text`; returns (shifted)
+        context features [B,N,D]."""
         self.encoder_calls += 1
         s = self.stack
+        background = per_prompt(background, text)
         batch = background.shape[0]
         sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
         time = s.time(sigma, sigma)
-        rotary = s.rope(s.video_coords(grid, batch, self.options.fps))
+        rotary = s.rope(s.video_coords(grid, batch, fps))
         bias = frame_causal_bias(grid, s.device, s.dtype) if self.options.causal else None
         if bias is not None:
             bias = bias.expand(batch, -1, -1)
@@ -335,7 +346,7 @@ class SCDModel:
         return shift_one_frame(hidden, grid) if self.options.shift else hidden
 
     def encode_windowed(self, background: torch.Tensor, grid: tuple[int, int, int], text: TextConditioning,
-                        window_frames: int) -> torch.Tensor:
+                        window_frames: int, fps: float = DEFAULT_FPS) -> torch.Tensor:
         """Causal encoder pass window by window (latent frames), carrying each block's K/V cache across windows.
 
         Equals `encode` (single pass) up to float summation order, with activations of one window at a time.
@@ -348,10 +359,11 @@ class SCDModel:
         s = self.stack
         f, h, w = grid
         per_frame = h * w
+        background = per_prompt(background, text)
         batch = background.shape[0]
         sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
         time = s.time(sigma, sigma)
-        coords = s.video_coords(grid, batch, self.options.fps)
+        coords = s.video_coords(grid, batch, fps)
         frame_of = torch.arange(f, device=s.device).repeat_interleave(per_frame)
         text_ctx = s.text(text)
         outputs = []
@@ -370,15 +382,17 @@ class SCDModel:
 
     def plan(self, index: torch.Tensor, context: torch.Tensor, grid: tuple[int, int, int],
              text: TextConditioning, *, background: torch.Tensor | None = None,
-             edit_mask: torch.Tensor | None = None, text_keep: torch.Tensor | None = None) -> DecodePlan:
+             edit_mask: torch.Tensor | None = None, text_keep: torch.Tensor | None = None,
+             fps: float = DEFAULT_FPS) -> DecodePlan:
         """Precompute the decoder's per-edit inputs for the selected token indices (flattened f*h*w order).
 
         `background` [1,C,f,h,w] (edit region blanked) and `edit_mask` [f,h,w] feed attached adapters;
-        `text_keep` [B,n,T] restricts which prompt tokens each selected token may attend to (multi-region).
+        `text_keep` [B,n,T] restricts which prompt tokens each selected token may attend to (multi-region); `fps` is
+        the clip's frame rate (RoPE's time axis).
         """
         s = self.stack
         batch = text.embeds.shape[0]
-        coords = s.video_coords(grid, batch, self.options.fps)[:, :, index.to(s.device)]
+        coords = s.video_coords(grid, batch, fps)[:, :, index.to(s.device)]
         prefix = context[:, index.to(context.device)].to(s.device, s.dtype)
         if prefix.shape[0] != batch:
             prefix = prefix.expand(batch, -1, -1)
@@ -408,11 +422,12 @@ class SCDModel:
             plan.extras["global_kv"] = {t: g.branch_kv(t, ctx) for t in g.target_blocks}
         return plan
 
-    def _local_residuals(self, plan: DecodePlan, sigma: torch.Tensor, batch: int) -> dict[int, torch.Tensor]:
-        """Local-context residuals {decoder block: [B,n,D]} at this step's σ (recomputed every step)."""
+    def _local_residuals(self, plan: DecodePlan, x: torch.Tensor, sigma: torch.Tensor, batch: int
+                         ) -> dict[int, torch.Tensor]:
+        """Local-context hints {decoder block: [B,n,D]} from the context and this step's noisy tokens x at σ."""
         tokens = plan.extras["local_tokens"].expand(batch, -1, -1)
         text = plan.text.repeat(batch)
-        return self.local(tokens, plan.extras["local_coords"], text.video, sigma, text_mask=text.key_bias())
+        return self.local(tokens, x, plan.extras["local_coords"], text.video, sigma, text_mask=text.key_bias())
 
     @contextmanager
     def _global_branch(self, plan: DecodePlan, index: int) -> Iterator[None]:
@@ -450,7 +465,7 @@ class SCDModel:
         one_way = self.options.prefix == "one_way"
         hooks = list(self.decoder_block_hooks)
         if self.local is not None:
-            residuals = self._local_residuals(plan, sigma, batch)
+            residuals = self._local_residuals(plan, x, sigma, batch)
             split = self.split_layer
 
             def add_local(index: int, h: torch.Tensor) -> torch.Tensor:
@@ -524,16 +539,77 @@ class SCDModel:
                             around("prepend"))
 
     def forward_split(self, x: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int, int],
-                      text: TextConditioning) -> torch.Tensor:
+                      text: TextConditioning, fps: float = DEFAULT_FPS) -> torch.Tensor:
         """Plain split forward (encoder then decoder on the same tokens at the same σ): equals the full model."""
         s = self.stack
         batch = x.shape[0]
         sigma = sigma.to(s.device, torch.float32)
         time = s.time(sigma, sigma)
-        rotary = s.rope(s.video_coords(grid, batch, self.options.fps))
+        rotary = s.rope(s.video_coords(grid, batch, fps))
         bias = frame_causal_bias(grid, s.device, s.dtype).expand(batch, -1, -1) if self.options.causal else None
         ctx = s.text(text)
         hidden = s.model.proj_in(x.to(s.device, s.dtype))
         hidden = s.run_blocks(hidden, 0, self.split_layer, ctx, time, rotary, bias)
         hidden = s.run_blocks(hidden, self.split_layer, s.num_layers, ctx, time, rotary, bias)
         return s.head(hidden, time.embedded)
+
+
+class WindowEncoder:
+    """The frame-causal SCD encoder over an edit window by window, carrying the edit: a window's context comes from
+    its own background frames after the earlier frames *as edited* (their per-block keys/values kept), so a later
+    window is conditioned on what the earlier ones became, causally, and no seam opens at a window boundary.
+
+    Call :meth:`commit` with the edited latents up to a window's first frame, then :meth:`context` for the window;
+    one window covering the clip is the one-pass encoder.
+    """
+
+    def __init__(self, scd: SCDModel, grid: tuple[int, int, int], text: TextConditioning, fps: float = DEFAULT_FPS):
+        if not scd.options.causal:
+            raise ValueError("windowed editing needs the frame-causal encoder (causal=True): a bidirectional encoder "
+                             "would see frames that are not edited yet")
+        s = scd.stack
+        self.scd, self.grid, self.text = scd, grid, text
+        self.per_frame = grid[1] * grid[2]
+        batch = text.embeds.shape[0]
+        zero = torch.zeros(batch, device=s.device, dtype=torch.float32)
+        self.time = s.time(zero, zero)
+        self.text_ctx = s.text(text)
+        self.coords = s.video_coords(grid, batch, fps)
+        self.blocks = [s.model.transformer_blocks[i] for i in range(scd.split_layer)]
+        self.caches = [CachedSelfAttention() for _ in self.blocks]
+        self.committed = 0
+        self.last: torch.Tensor | None = None
+
+    def _run(self, tokens: torch.Tensor, start: int, stop: int, keep: bool) -> torch.Tensor:
+        """Encoder output [B,n,D] of frames [start, stop) of `tokens` [1,N,C] after the committed frames (`keep`: add
+        these frames' keys/values to the cache)."""
+        s, pf = self.scd.stack, self.per_frame
+        window = slice(start * pf, stop * pf)
+        frame_of = torch.arange(stop, device=s.device).repeat_interleave(pf)
+        allowed = frame_of[None, :] <= frame_of[window, None]
+        hidden = s.model.proj_in(per_prompt(tokens[:, window], self.text).to(s.device, s.dtype))
+        bias = torch.where(allowed, 0.0, MASK_BIAS).to(s.dtype)[None].expand(hidden.shape[0], -1, -1)
+        for cache in self.caches:
+            cache.keep = keep
+        with installed(self.blocks, self.caches):
+            return s.run_blocks(hidden, 0, self.scd.split_layer, self.text_ctx, self.time,
+                                s.rope(self.coords[:, :, window]), bias)
+
+    def commit(self, edited: torch.Tensor, upto: int) -> None:
+        """Cache the keys/values of frames [committed, upto) of the edited latent tokens `edited` [1,N,C]."""
+        if upto > self.committed:
+            hidden = self._run(edited, self.committed, upto, keep=True)
+            self.last = hidden[:, -self.per_frame:]
+            self.committed = upto
+
+    def context(self, background: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(Shifted) context [B,n,D] of frames [start, stop) from the background tokens [1,N,C] (edit region
+        blanked), after the edited frames committed before `start`."""
+        if start != self.committed:
+            raise ValueError(f"commit the edited frames before frame {start} first (committed: {self.committed})")
+        self.scd.encoder_calls += 1
+        hidden = self._run(background, start, stop, keep=False)
+        if not self.scd.options.shift:
+            return hidden
+        before = self.last if self.last is not None else torch.zeros_like(hidden[:, :self.per_frame])
+        return torch.cat([before, hidden[:, :-self.per_frame]], dim=1)

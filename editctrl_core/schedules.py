@@ -12,9 +12,13 @@ to float32 rounding wherever their arithmetic holds, and stays exact and strictl
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -106,3 +110,71 @@ def check_sigmas(sigmas: torch.Tensor | Sequence[float], steps: int | None = Non
         raise ValueError(f"SIGMAS must end at 0 (the clean result); the last value is {float(values[-1]):g}: "
                          f"append 0")
     return values.to(torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ which schedule runs
+
+#: The scheduler choice that picks the distilled list for a distilled checkpoint and LTX-2's own schedule otherwise.
+AUTO = "auto"
+#: safetensors metadata keys that may say whether a checkpoint is distilled: a top-level ``distilled`` entry, or a
+#: ``distilled`` boolean in the ``config`` JSON (at its top or in its ``transformer`` section, where ltx-core and
+#: ComfyUI read the architecture from).
+DISTILLED_KEY = "distilled"
+#: Lightricks' distilled single files are named ``ltx-2-19b-distilled.safetensors``, ``ltx-2-19b-distilled-fp8…``,
+#: ``ltx-2.3-22b-distilled…``: an LTX-2 file name with ``distilled`` as one of its dash/underscore/dot-separated words.
+_DISTILLED_NAME = re.compile(r"^ltx[-_]?2.*(^|[-_.])distilled([-_.]|$)", re.IGNORECASE)
+
+
+def _metadata_flag(metadata: Mapping[str, str]) -> tuple[bool | None, str]:
+    """(True/False, where) when the metadata says whether the checkpoint is distilled, else (None, "")."""
+    raw = metadata.get(DISTILLED_KEY)
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true", f'metadata "{DISTILLED_KEY}": {raw.strip().lower()}'
+    try:
+        config = json.loads(metadata.get("config") or "{}")
+    except (TypeError, ValueError):
+        return None, ""
+    if not isinstance(config, dict):
+        return None, ""
+    transformer = config.get("transformer")
+    for where, section in (("config", config), ("config.transformer", transformer)):
+        if isinstance(section, dict) and isinstance(section.get(DISTILLED_KEY), bool):
+            return section[DISTILLED_KEY], f'metadata {where} "{DISTILLED_KEY}": {str(section[DISTILLED_KEY]).lower()}'
+    return None, ""
+
+
+def checkpoint_distilled(metadata: Mapping[str, str], filename: str | None = None) -> tuple[bool, str]:
+    """(is it a distilled LTX-2 checkpoint, the evidence): what its safetensors metadata says (see DISTILLED_KEY)
+    wins; a file whose metadata is silent counts as distilled when it carries the official distilled files' name
+    (ltx-2…-distilled…). The evidence reads as the end of "the checkpoint …" ("says so in its metadata …")."""
+    flag, where = _metadata_flag(metadata)
+    if flag is not None:
+        return flag, f"{'is' if flag else 'is not'} distilled by its {where}"
+    name = Path(filename).name if filename else ""
+    if name and _DISTILLED_NAME.search(name):
+        return True, f"is named like Lightricks' distilled checkpoints ({name}; its metadata does not say)"
+    return False, "does not say it is distilled (no 'distilled' in its metadata or official distilled file name)"
+
+
+def resolve_scheduler(requested: str, metadata: Mapping[str, str] | None = None, filename: str | None = None,
+                      sigmas_given: bool = False) -> tuple[str, str]:
+    """(scheduler for `SamplerSettings`, which σ run and why, as one line): the one place that decides. A SIGMAS
+    input overrides every choice; `auto` is the official distilled list for a distilled checkpoint
+    (`checkpoint_distilled` on the loaded file's metadata and name) and LTX-2's own schedule otherwise; any other
+    choice is taken as given (the sampler checks the name)."""
+    if sigmas_given:
+        return ("ltx2" if requested == AUTO else requested), f"σ from the SIGMAS input (it overrides scheduler {requested})"
+    if requested != AUTO:
+        return requested, f"σ schedule {requested} as chosen"
+    distilled, evidence = checkpoint_distilled(metadata or {}, filename)
+    chosen = "distilled" if distilled else "ltx2"
+    return chosen, f"σ schedule {chosen}: auto chose it because the checkpoint {evidence}"
+
+
+def describe_sigmas(sigmas: torch.Tensor, limit: int = 17) -> str:
+    """σ values as the node shows them: each as the shortest decimal that reads back as the same float32; a list
+    longer than `limit` shows its first and last four values."""
+    values = [np.format_float_positional(np.float32(v), unique=True, trim="-") for v in sigmas.tolist()]
+    if len(values) > limit:
+        values = [*values[:4], "…", *values[-4:]]
+    return ", ".join(values)

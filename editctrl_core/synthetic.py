@@ -24,25 +24,29 @@ class SyntheticClip:
 
 
 def textured_background(frames: int, height: int, width: int, gen: torch.Generator,
-                        drift: float = 0.5) -> torch.Tensor:
-    """Smooth coloured stripes and blobs that drift slowly, so the background has motion and texture."""
+                        drift: float = 0.5, cycles: tuple[float, float] = (1.0, 7.0)) -> torch.Tensor:
+    """Smooth coloured stripes and blobs that drift slowly, so the background has motion and texture; `cycles` is
+    the range of each stripe pattern's periods across the frame (low values: backgrounds smooth at token scale)."""
     y = torch.linspace(0, 1, height).view(1, height, 1)
     x = torch.linspace(0, 1, width).view(1, 1, width)
     t = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1)
     params = torch.rand(3, 4, generator=gen)
     channels = []
     for c in range(3):
-        fx, fy, phase, amp = params[c] * torch.tensor([6.0, 6.0, 6.28, 0.25]) + torch.tensor([1.0, 1.0, 0.0, 0.15])
+        span = cycles[1] - cycles[0]
+        fx, fy, phase, amp = (params[c] * torch.tensor([span, span, 6.28, 0.25])
+                              + torch.tensor([cycles[0], cycles[0], 0.0, 0.15]))
         wave = torch.sin(2 * math.pi * (fx * x + fy * y) + phase + drift * 0.05 * t)
         channels.append(0.5 + amp * wave + 0.1 * torch.cos(2 * math.pi * (x * 2 - y)))
     return torch.stack(channels, dim=-1).clamp(0, 1)
 
 
 def make_clip(frames: int = 17, height: int = 64, width: int = 96, seed: int = 0,
-              shape: str = "disc", radius_frac: float = 0.18) -> SyntheticClip:
-    """A clip with one moving disc/square over a drifting textured background."""
+              shape: str = "disc", radius_frac: float = 0.18, cycles: tuple[float, float] = (1.0, 7.0)
+              ) -> SyntheticClip:
+    """A clip with one moving disc/square over a drifting textured background (see `textured_background`)."""
     gen = torch.Generator().manual_seed(seed)
-    background = textured_background(frames, height, width, gen)
+    background = textured_background(frames, height, width, gen, cycles=cycles)
     color = torch.rand(3, generator=gen) * 0.6 + 0.2
     start = torch.rand(2, generator=gen) * 0.4 + 0.3
     velocity = (torch.rand(2, generator=gen) - 0.5) * 0.02

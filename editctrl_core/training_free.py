@@ -28,7 +28,7 @@ from .fast_decode import (
     video_block,
 )
 from .kv_cache import PrefixAttention
-from .scd import MASK_BIAS, LTX2Stack, TextContext
+from .scd import DEFAULT_FPS, MASK_BIAS, LTX2Stack, TextContext
 from .text import TextConditioning
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -62,7 +62,7 @@ class MaskLocalModel:
     caches the background keys/values once per edit and gives the same velocities.
     """
 
-    def __init__(self, stack: LTX2Stack, fps: float = 24.0):
+    def __init__(self, stack: LTX2Stack, fps: float = DEFAULT_FPS):
         self.stack = stack
         self.fps = fps
         self.decoder_calls = 0
@@ -233,7 +233,7 @@ class FullPlan:
 class FullModel:
     """The pretrained LTX-2 on the whole clip every step, the mask as per-token timesteps (`full`, the reference)."""
 
-    def __init__(self, stack: LTX2Stack, fps: float = 24.0):
+    def __init__(self, stack: LTX2Stack, fps: float = DEFAULT_FPS):
         self.stack = stack
         self.fps = fps
         self.decoder_calls = 0

@@ -19,9 +19,16 @@ def encode_frames(vae: AutoencoderKLLTX2Video, frames: torch.Tensor) -> torch.Te
     """IMAGE frames [F,H,W,3] in 0..1 → normalised latents [1,C,f,h,w] (distribution mode, deterministic)."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [frames, height, width, 3]; got {tuple(frames.shape)}")
-    grid_for(frames.shape[0], frames.shape[1], frames.shape[2])
-    device, dtype = vae.device, vae.dtype
-    video = frames.permute(3, 0, 1, 2).unsqueeze(0).to(device=device, dtype=dtype) * 2 - 1
+    return encode_clips(vae, frames.unsqueeze(0))
+
+
+@torch.no_grad()
+def encode_clips(vae: AutoencoderKLLTX2Video, clips: torch.Tensor) -> torch.Tensor:
+    """Clips of one geometry [B,F,H,W,3] in 0..1 → normalised latents [B,C,f,h,w], in one VAE call (training data)."""
+    if clips.ndim != 5 or clips.shape[-1] != 3:
+        raise ValueError(f"clips must be [clips, frames, height, width, 3]; got {tuple(clips.shape)}")
+    grid_for(clips.shape[1], clips.shape[2], clips.shape[3])
+    video = clips.permute(0, 4, 1, 2, 3).to(device=vae.device, dtype=vae.dtype) * 2 - 1
     latents = vae.encode(video).latent_dist.mode()
     mean, std, scale = _stats(vae, latents)
     return ((latents - mean) * scale / std).float()

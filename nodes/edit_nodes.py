@@ -9,11 +9,13 @@ from comfy_api.latest import io
 
 from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.checks import check_finite_tensor
-from ..editctrl_core.context import GEOMETRY_MODES, EditContext, prepare_edit
+from ..editctrl_core.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
 from ..editctrl_core.editmodel import EDIT_MODES, EditModel
 from ..editctrl_core.geometry import GeometryError
 from ..editctrl_core.guidance import DEFAULT_CFG, DEFAULT_RESCALE
-from ..editctrl_core.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, sample_edit
+from ..editctrl_core.models import source_metadata
+from ..editctrl_core.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, edit_sigmas, sample_edit
+from ..editctrl_core.schedules import AUTO, describe_sigmas, resolve_scheduler
 from ..editctrl_core.text import TextConditioning
 from ..editctrl_core.vae import decode_latents
 from ..editctrl_core.vae_tiles import local_decode
@@ -30,6 +32,7 @@ from .common import (
     Progress,
     check_interrupt,
     notice,
+    pick_device,
 )
 
 log = logging.getLogger("editctrl")
@@ -54,6 +57,9 @@ class EditCtrlVAEEncode(io.ComfyNode):
                                        "(edges and last frame repeated), edited and cropped back, so the clip's "
                                        "own frame count and size come out; strict: refuse them, naming every "
                                        "problem."),
+                io.Float.Input("frame_rate", default=DEFAULT_FPS, min=1.0, max=240.0, step=0.001, optional=True,
+                               tooltip="The clip's frames per second (Get Video Components' fps): LTX-2's "
+                                       "positions are in seconds, so the model must know it."),
             ],
             outputs=[EditContextType.Output(display_name="edit_context",
                                             tooltip="Source and background latents and the token mask."),
@@ -62,11 +68,12 @@ class EditCtrlVAEEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, geometry: str = "pad") -> io.NodeOutput:
+    def execute(cls, vae, images: torch.Tensor, mask: torch.Tensor, geometry: str = "pad",
+                frame_rate: float = DEFAULT_FPS) -> io.NodeOutput:
         check_interrupt()
         vram.load(vae)
         try:
-            ctx = prepare_edit(vae, images, mask, geometry=geometry)
+            ctx = prepare_edit(vae, images, mask, geometry=geometry, fps=frame_rate)
         except GeometryError as exc:
             raise ValueError(f"EditCtrl Encode: {exc}") from exc
         return io.NodeOutput(ctx, images, ctx.crop(ctx.mask), ui=notice("EditCtrl Encode", ctx.notes))
@@ -115,10 +122,12 @@ class EditCtrlSampler(io.ComfyNode):
                                        "it). training_free: the official weights on the masked tokens only, the "
                                        "clean background as context (cost ∝ mask). full: the whole clip every step "
                                        "(the quality reference; what native inpainting costs)."),
-                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="ltx2", optional=True,
-                               tooltip="ltx2: LTX-2's own σ schedule (shift from the clip's token count, stretched "
-                                       "to 0.1); distilled: the official 8-step list of the distilled checkpoints; "
-                                       "linear: linspace with 'shift'. A SIGMAS input overrides it."),
+                io.Combo.Input("scheduler", options=[AUTO, *SCHEDULERS], default=AUTO, optional=True,
+                               tooltip="auto: distilled when the checkpoint says it is distilled (its metadata, or "
+                                       "Lightricks' ltx-2…-distilled file name), else ltx2. ltx2: LTX-2's own σ "
+                                       "schedule (shift from the clip's token count, stretched to 0.1); distilled: "
+                                       "the official 8-step list of the distilled checkpoints; linear: linspace "
+                                       "with 'shift'. A SIGMAS input overrides it. The node says which ran."),
                 io.Float.Input("guidance_rescale", default=DEFAULT_RESCALE, min=0.0, max=1.0, step=0.05,
                                optional=True,
                                tooltip="Rescale of the guided prediction toward the conditional one's spread "
@@ -138,17 +147,24 @@ class EditCtrlSampler(io.ComfyNode):
                 steps: int, cfg: float, shift: float, dilation: int, strength: float, window_frames: int,
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
                 regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
-                scheduler: str = "ltx2", guidance_rescale: float = DEFAULT_RESCALE,
+                scheduler: str = AUTO, guidance_rescale: float = DEFAULT_RESCALE,
                 sigmas: torch.Tensor | None = None) -> io.NodeOutput:
         chosen, why = model.resolve_mode(mode)
         notes = [f"mode {chosen}: {why}"]
+        schedule, schedule_why = resolve_scheduler(scheduler, source_metadata(model.source), model.source,
+                                                   sigmas is not None)
         model.check_inputs(edit_context, {"positive": positive, "negative": negative,
                                           **{f"region {i + 1}": r.prompt for i, r in enumerate(regions or [])}})
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames,
                                    compile=compile and model.device.type == "cuda", mode=chosen,
-                                   scheduler=scheduler, guidance_rescale=guidance_rescale, sigmas=sigmas)
-        settings.validate()
+                                   scheduler=schedule, guidance_rescale=guidance_rescale, sigmas=sigmas)
+        try:
+            settings.validate()
+        except ValueError as exc:
+            if scheduler == AUTO and schedule == "distilled" and sigmas is None:
+                raise ValueError(f"{exc}, or choose scheduler ltx2 ({schedule_why})") from exc
+            raise
         if compile and not settings.compile:
             notes.append(f"'compile' applies on a CUDA GPU; the model is on {model.device}, so it ran uncompiled")
         elif compile:
@@ -164,6 +180,7 @@ class EditCtrlSampler(io.ComfyNode):
                          "model never ran; draw or select the region to edit")
         else:
             encoder = f" and {result.encoder_calls} encoder pass(es)" if result.encoder_calls else ""
+            notes.append(f"{schedule_why}: {describe_sigmas(edit_sigmas(settings, edit_context.grid.num_tokens))}")
             notes.append(f"edited {edited} of {result.edit_tokens.numel()} tokens "
                          f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} denoising "
                          f"passes{encoder}")
@@ -249,7 +266,11 @@ class EditCtrlVAEDecode(io.ComfyNode):
                 io.Int.Input("halo_tokens", default=2, min=0, max=64,
                              tooltip="Edit box mode: latent tokens (32 px) of context decoded around the edit."),
             ],
-            outputs=[io.Image.Output(display_name="images", tooltip="Decoded frames (composite them into the source).")],
+            outputs=[io.Image.Output(display_name="images", tooltip="Decoded frames (composite them into the source)."),
+                     io.Mask.Output(display_name="edit_mask",
+                                    tooltip="The mask the edit used: the Encode mask and every region's mask, at "
+                                            "the clip's size. Wire it to EditCtrl Composite when regions reach "
+                                            "beyond the main mask.")],
         )
 
     @classmethod
@@ -258,7 +279,7 @@ class EditCtrlVAEDecode(io.ComfyNode):
         vram.load(vae)
         check_finite_tensor("latents", latents.latents, "the sampler's output is broken; re-run the edit")
         if region == "full":
-            return io.NodeOutput(latents.crop(decode_latents(vae, latents.latents)))
+            return cls._outputs(latents, latents.crop(decode_latents(vae, latents.latents)))
         if latents.source_frames is None:
             raise ValueError("edit box decoding needs latents from EditCtrl Edit Sampler; use region 'full'")
         decoded = local_decode(vae, latents.latents, latents.edit_tokens, halo_tokens)
@@ -267,7 +288,13 @@ class EditCtrlVAEDecode(io.ComfyNode):
             crop_frames, crop = decoded
             y0, y1, x0, x1 = crop.pixels()
             frames[:, y0:y1, x0:x1] = crop_frames.to(frames.dtype)
-        return io.NodeOutput(latents.crop(frames))
+        return cls._outputs(latents, latents.crop(frames))
+
+    @staticmethod
+    def _outputs(latents: EditResult, frames: torch.Tensor) -> io.NodeOutput:
+        """The frames and the edit's union mask at the clip's size (all zeros when the result carries none)."""
+        mask = latents.mask
+        return io.NodeOutput(frames, torch.zeros(frames.shape[:3]) if mask is None else mask.float().cpu())
 
 
 class EditCtrlComposite(io.ComfyNode):
@@ -284,7 +311,8 @@ class EditCtrlComposite(io.ComfyNode):
             inputs=[
                 io.Image.Input("edited", tooltip="From EditCtrl Decode."),
                 io.Image.Input("source", tooltip="The source frames (EditCtrl Encode's images output)."),
-                io.Mask.Input("mask", tooltip="The edit mask (EditCtrl Encode's mask output)."),
+                io.Mask.Input("mask", tooltip="The edit mask: EditCtrl Decode's edit_mask (every region included) "
+                                                      "or EditCtrl Encode's mask."),
                 io.Float.Input("feather_px", default=16.0, min=0.0, max=512.0, step=1.0,
                                tooltip="Soft edge width in pixels, outside the mask."),
             ],
@@ -294,7 +322,11 @@ class EditCtrlComposite(io.ComfyNode):
     @classmethod
     def execute(cls, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                 feather_px: float) -> io.NodeOutput:
-        return io.NodeOutput(composite(edited, source, mask, feather_px))
+        try:  # on ComfyUI's device (the GPU when there is one); the result is a CPU IMAGE either way
+            return io.NodeOutput(composite(edited, source, mask, feather_px, device=pick_device("auto")))
+        except torch.cuda.OutOfMemoryError:
+            log.warning("EditCtrl Composite: not enough GPU memory for the clip; compositing on the CPU")
+            return io.NodeOutput(composite(edited, source, mask, feather_px, device="cpu"))
 
 
 NODES = [EditCtrlVAEEncode, EditCtrlSampler, EditCtrlBlendSettings, EditCtrlRegion, EditCtrlVAEDecode,

@@ -26,8 +26,7 @@ from editctrl_core.adapters import (
 
 LOCAL = LocalContextConfig(in_channels=9, width=32, num_blocks=2, heads=2, head_dim=16, text_dim=24, model_dim=48,
                            target_blocks=(0, 2, 4))
-GLOBAL = GlobalContextConfig(in_channels=9, model_dim=48, max_tokens=24, heads=2, head_dim=16, target_blocks=(1, 3),
-                             pos_frequencies=4)
+GLOBAL = GlobalContextConfig(in_channels=9, model_dim=48, max_tokens=24, heads=2, head_dim=16, target_blocks=(1, 3))
 GRID = (3, 4, 5)
 UNPICKLED: list[bool] = []
 
@@ -46,12 +45,13 @@ class _Tripwire:
 
 
 def _local_inputs(batch: int = 2, seed: int = 0):
-    """Gathered tokens, their coordinates, text and a text mask for the tiny local config."""
+    """Gathered context tokens, their noisy latents x_t, their coordinates and text for the tiny local config."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(GRID[0] * GRID[1] * GRID[2], generator=gen)[:11]
     tokens = torch.randn(batch, idx.numel(), LOCAL.in_channels, generator=gen)
+    noisy = torch.randn(batch, idx.numel(), LOCAL.noisy_channels, generator=gen)
     text = torch.randn(batch, 7, LOCAL.text_dim, generator=gen)
-    return tokens, token_coords(idx, GRID), text
+    return tokens, noisy, token_coords(idx, GRID), text
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -67,8 +67,8 @@ def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def test_fresh_local_module_changes_nothing():
     torch.manual_seed(0)
     module = LocalContextModule(LOCAL)
-    tokens, coords, text = _local_inputs()
-    out = module(tokens, coords, text, torch.tensor([0.3, 0.8]))
+    tokens, noisy, coords, text = _local_inputs()
+    out = module(tokens, noisy, coords, text, torch.tensor([0.3, 0.8]))
     assert sorted(out) == [0, 2, 4]
     hidden = torch.randn(2, tokens.shape[1], LOCAL.model_dim)
     for residual in out.values():
@@ -95,14 +95,14 @@ def test_fresh_global_branches_change_nothing():
 def test_local_timestep_conditioning_is_recomputed_from_sigma():
     torch.manual_seed(0)
     module = _perturbed(LocalContextModule(LOCAL))
-    tokens, coords, text = _local_inputs()
-    early = module(tokens, coords, text, 0.9)
-    late = module(tokens, coords, text, 0.1)
-    again = module(tokens, coords, text, 0.1)
+    tokens, noisy, coords, text = _local_inputs()
+    early = module(tokens, noisy, coords, text, 0.9)
+    late = module(tokens, noisy, coords, text, 0.1)
+    again = module(tokens, noisy, coords, text, 0.1)
     for block in LOCAL.target_blocks:
         assert (early[block] - late[block]).abs().max() > 1e-3
         assert torch.equal(late[block], again[block])
-    mixed = module(tokens, coords, text, torch.tensor([0.9, 0.1]))
+    mixed = module(tokens, noisy, coords, text, torch.tensor([0.9, 0.1]))
     assert torch.allclose(mixed[0][0], early[0][0], atol=1e-5)
     assert torch.allclose(mixed[0][1], late[0][1], atol=1e-5)
 
@@ -110,50 +110,50 @@ def test_local_timestep_conditioning_is_recomputed_from_sigma():
 def test_local_positions_are_relative_and_follow_the_tokens():
     torch.manual_seed(1)
     module = _perturbed(LocalContextModule(LOCAL))
-    tokens, coords, text = _local_inputs(batch=1)
-    base = module(tokens, coords, text, 0.5)[2]
-    shifted = module(tokens, coords + torch.tensor([[2.0], [5.0], [-3.0]]), text, 0.5)[2]
+    tokens, noisy, coords, text = _local_inputs(batch=1)
+    base = module(tokens, noisy, coords, text, 0.5)[2]
+    shifted = module(tokens, noisy, coords + torch.tensor([[2.0], [5.0], [-3.0]]), text, 0.5)[2]
     assert torch.allclose(base, shifted, atol=1e-4)
     perm = torch.randperm(tokens.shape[1], generator=torch.Generator().manual_seed(0))
-    permuted = module(tokens[:, perm], coords[:, perm], text, 0.5)[2]
+    permuted = module(tokens[:, perm], noisy[:, perm], coords[:, perm], text, 0.5)[2]
     assert torch.allclose(permuted, base[:, perm], atol=1e-5)
     moved = coords.clone()
     moved[2, 0] += 1.0
-    assert (module(tokens, moved, text, 0.5)[2] - base).abs().max() > 1e-4
-    batched = module(tokens, coords[None], text, 0.5)[2]
+    assert (module(tokens, noisy, moved, text, 0.5)[2] - base).abs().max() > 1e-4
+    batched = module(tokens, noisy, coords[None], text, 0.5)[2]
     assert torch.equal(batched, base)
 
 
 def test_local_text_mask_hides_masked_text():
     torch.manual_seed(2)
     module = _perturbed(LocalContextModule(LOCAL))
-    tokens, coords, text = _local_inputs()
+    tokens, noisy, coords, text = _local_inputs()
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[:, 5:] = False
     changed = text.clone()
     changed[:, 5:] = torch.randn(2, 2, LOCAL.text_dim)
-    a = module(tokens, coords, text, 0.4, text_mask=mask)[0]
-    b = module(tokens, coords, changed, 0.4, text_mask=mask)[0]
+    a = module(tokens, noisy, coords, text, 0.4, text_mask=mask)[0]
+    b = module(tokens, noisy, coords, changed, 0.4, text_mask=mask)[0]
     assert torch.allclose(a, b, atol=1e-6)
-    assert (module(tokens, coords, changed, 0.4)[0] - a).abs().max() > 1e-4
+    assert (module(tokens, noisy, coords, changed, 0.4)[0] - a).abs().max() > 1e-4
     bias = ((1 - mask.float()) * -10000.0).unsqueeze(1)
-    assert torch.equal(module(tokens, coords, text, 0.4, text_mask=bias)[0], a)
-    assert torch.equal(module(tokens, coords, text, 0.4, text_mask=mask.float())[0], a)
-    none = module(tokens, coords, text, 0.4, text_mask=torch.zeros(2, 7))[0]
+    assert torch.equal(module(tokens, noisy, coords, text, 0.4, text_mask=bias)[0], a)
+    assert torch.equal(module(tokens, noisy, coords, text, 0.4, text_mask=mask.float())[0], a)
+    none = module(tokens, noisy, coords, text, 0.4, text_mask=torch.zeros(2, 7))[0]
     assert bool(torch.isfinite(none).all())
 
 
 def test_local_module_rejects_wrong_inputs():
     module = LocalContextModule(LOCAL)
-    tokens, coords, text = _local_inputs()
+    tokens, noisy, coords, text = _local_inputs()
     with pytest.raises(ValueError, match="in_channels=9"):
-        module(tokens[..., :8], coords, text, 0.5)
+        module(tokens[..., :8], noisy, coords, text, 0.5)
     with pytest.raises(ValueError, match="text_dim=24"):
-        module(tokens, coords, text[..., :20], 0.5)
+        module(tokens, noisy, coords, text[..., :20], 0.5)
     with pytest.raises(ValueError, match="coords"):
-        module(tokens, coords[:, :5], text, 0.5)
+        module(tokens, noisy, coords[:, :5], text, 0.5)
     with pytest.raises(ValueError, match="sigma"):
-        module(tokens, coords, text, torch.tensor([0.1, 0.2, 0.3]))
+        module(tokens, noisy, coords, text, torch.tensor([0.1, 0.2, 0.3]))
 
 
 def test_token_coords_and_local_tokens():
@@ -257,8 +257,9 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     into = LocalContextModule(LOCAL).to(dtype)
     assert load_adapter(tmp_path / "local.safetensors", "ltx-2.0-19b", 32, module=into) is into
     _assert_same_state(local, into)
-    tokens, coords, text = _local_inputs()
-    assert torch.equal(local(tokens, coords, text, 0.5)[4], loaded_local(tokens, coords, text, 0.5)[4])
+    tokens, noisy, coords, text = _local_inputs()
+    assert torch.equal(local(tokens, noisy, coords, text, 0.5)[4],
+                       loaded_local(tokens, noisy, coords, text, 0.5)[4])
     with safe_open(str(tmp_path / "local.safetensors"), framework="pt") as fh:
         meta = fh.metadata()
     assert json.loads(meta["editctrl.kind"]) == "local_context"
@@ -372,3 +373,104 @@ def test_configs_validate():
         GlobalContextConfig(target_blocks=())
     assert LocalContextConfig().target_blocks == (0, 2, 4, 6, 8, 10, 12, 14)
     assert LocalContextConfig(target_blocks=(4, 1)).target_blocks == (1, 4)
+
+
+def test_local_hints_follow_the_noisy_latents():
+    """VACE/EditCtrl: the local branch reads x_t of the masked tokens, so its hints change with x_t, every step."""
+    torch.manual_seed(7)
+    module = _perturbed(LocalContextModule(LOCAL))
+    tokens, noisy, coords, text = _local_inputs()
+    base = module(tokens, noisy, coords, text, 0.5)
+    moved = module(tokens, noisy + torch.randn_like(noisy), coords, text, 0.5)
+    for block in LOCAL.target_blocks:
+        assert (base[block] - moved[block]).abs().max() > 1e-3, block
+    one = noisy.clone()
+    one[:, 3] += 1.0
+    touched = module(tokens, one, coords, text, 0.5)
+    assert (touched[0][:, 3] - base[0][:, 3]).abs().max() > 1e-4
+    assert torch.equal(module(tokens, noisy.clone(), coords, text, 0.5)[4], base[4])
+    prepared = module.prepare(tokens, coords, text)
+    for x in (noisy, noisy + 1.0):
+        stepped, direct = module.step(prepared, x, 0.5), module(tokens, x, coords, text, 0.5)
+        assert all(torch.equal(stepped[b], direct[b]) for b in LOCAL.target_blocks)
+    with pytest.raises(ValueError, match="noisy latents must be"):
+        module(tokens, noisy[..., :5], coords, text, 0.5)
+    with pytest.raises(ValueError, match="noisy latents must be"):
+        module(tokens, noisy[:, :4], coords, text, 0.5)
+
+
+def test_local_hint_per_target_block_comes_from_its_own_depth():
+    """One module block per target (num_blocks == targets) as in VACE: target j's hint is read after block j, so
+    blocks deeper than j do not change it; with fewer blocks the targets share blocks by depth."""
+    assert LOCAL.hint_sources() == {0: 0, 2: 1, 4: 1}
+    assert LocalContextConfig(num_blocks=3, target_blocks=(0, 5, 9)).hint_sources() == {0: 0, 5: 1, 9: 2}
+    assert LocalContextConfig(num_blocks=4, target_blocks=(0, 1)).hint_sources() == {0: 1, 1: 3}
+    assert set(LocalContextConfig().hint_sources().values()) == {0, 1}
+    cfg = LocalContextConfig(in_channels=9, width=32, num_blocks=3, heads=2, head_dim=16, text_dim=24, model_dim=48,
+                             target_blocks=(0, 1, 2))
+    torch.manual_seed(8)
+    module = _perturbed(LocalContextModule(cfg))
+    tokens, noisy, coords, text = _local_inputs()
+    before = module(tokens, noisy, coords, text, 0.3)
+    with torch.no_grad():
+        for p in module.blocks[2].parameters():
+            p.add_(0.5)
+    after = module(tokens, noisy, coords, text, 0.3)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert (before[2] - after[2]).abs().max() > 1e-3
+
+
+def _old_layout(src, dst, drop: tuple[str, ...]) -> None:
+    """Rewrite a current adapter file as a layout-1 file: no 'editctrl.layout' entry, without `drop`'s tensors."""
+    with safe_open(str(src), framework="pt") as fh:
+        meta = {k: v for k, v in fh.metadata().items() if k != "editctrl.layout"}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith(drop)}
+    save_file(tensors, str(dst), metadata=meta)
+
+
+def test_old_layout_local_file_is_refused_with_what_changed_and_how_to_retrain(tmp_path):
+    good = tmp_path / "local.safetensors"
+    save_adapter(_perturbed(LocalContextModule(LOCAL)), good, "ltx-2.0-19b", 32)
+    with safe_open(str(good), framework="pt") as fh:
+        assert json.loads(fh.metadata()["editctrl.layout"]) == LocalContextModule.LAYOUT == 2
+    assert read_adapter_metadata(good).layout == 2
+    old = tmp_path / "old_local.safetensors"
+    _old_layout(good, old, ("proj_noisy",))
+    assert read_adapter_metadata(old).layout == 1
+    for kwargs in ({}, {"expected_kind": "local_context"}, {"module": LocalContextModule(LOCAL)}):
+        with pytest.raises(AdapterLoadError) as err:
+            load_adapter(old, "ltx-2.0-19b", 32, **kwargs)
+        message = str(err.value)
+        assert "old layout 1" in message and "without the noisy latents x_t" in message, message
+        assert "Retrain" in message and "'editctrl_local' stage" in message and "old_local.safetensors" in message
+
+
+def test_global_embedder_is_a_copy_of_the_patch_embedding():
+    """EditCtrl: global tokens = a copy of the model's patch embedding applied to the low-resolution latents; no
+    position features, no random embedding layer; the extra mask column starts at zero."""
+    torch.manual_seed(9)
+    proj_in = torch.nn.Linear(8, GLOBAL.model_dim)
+    embedder = GlobalContextEmbedder(GLOBAL, patch_embedding=proj_in)
+    assert sorted({k.split(".")[0] for k in embedder.state_dict()}) == ["branches", "patch_embed"]
+    background = torch.randn(2, 8, 5, 6, 7)
+    edit = torch.zeros(5, 6, 7)
+    edit[:, 2:4, 2:5] = 1.0
+    pooled = embedder.pool(background, edit)
+    context = embedder(background, edit)
+    assert torch.allclose(context, proj_in(pooled[:, :8].flatten(2).transpose(1, 2)), atol=1e-6)
+    same = torch.ones(1, 8, 2, 2, 2)
+    tokens = GlobalContextEmbedder(GLOBAL, patch_embedding=proj_in)(same, torch.zeros(2, 2, 2))
+    assert torch.allclose(tokens, tokens[:, :1].expand_as(tokens))
+    assert torch.equal(embedder.branch(1, torch.randn(2, 4, GLOBAL.model_dim), context),
+                       torch.zeros(2, 4, GLOBAL.model_dim))
+    with pytest.raises(ValueError, match="patch embedding"):
+        embedder.copy_patch_embedding(torch.nn.Linear(7, GLOBAL.model_dim))
+
+
+def test_old_layout_global_file_is_refused(tmp_path):
+    good = tmp_path / "global.safetensors"
+    save_adapter(GlobalContextEmbedder(GLOBAL), good, "ltx-2.0-19b", 32)
+    old = tmp_path / "old_global.safetensors"
+    _old_layout(good, old, ())
+    with pytest.raises(AdapterLoadError, match="old layout 1.*randomly initialised Linear.*Retrain.*editctrl_global"):
+        load_adapter(old, "ltx-2.0-19b", 32)

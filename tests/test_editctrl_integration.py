@@ -73,6 +73,60 @@ def test_trained_adapters_change_only_the_edit_tokens(setup, which):
     assert torch.equal(plain[:, :, ~edit], out[:, :, ~edit])
 
 
+def _decode_with_local(model, pos, ctx, local, x):
+    """(velocity, hints) of one decoder pass over the dilated edit tokens x at σ=0.6, with `local` attached."""
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer))
+    scd.attach(local=local)
+    index = dilate_token_mask(ctx.token_mask, 1).flatten().nonzero().squeeze(1)
+    with torch.no_grad():
+        context = scd.encode(ctx.background_latents.flatten(2).transpose(1, 2), ctx.grid.shape, pos)
+        plan = scd.plan(index, context, ctx.grid.shape, pos, background=ctx.background_latents,
+                        edit_mask=ctx.token_mask)
+        seen = []
+        handle = local.register_forward_hook(lambda m, a, out: seen.append({k: v.clone() for k, v in out.items()}))
+        try:
+            velocity = scd.decode(plan, x, torch.tensor([0.6]))
+        finally:
+            handle.remove()
+    return velocity, seen[0], index
+
+
+def test_local_hints_depend_on_the_noisy_tokens_in_the_decoder(setup):
+    """The decoder hands x_t of the selected tokens to the local module (EditCtrl/VACE): its hints and the velocity
+    change with x_t; x_t of tokens outside the selection never reaches it (the sampler gathers the selected ones)."""
+    model, pos, _, ctx = setup
+    local = tiny_local()
+    with torch.no_grad():
+        for p in local.out_proj.parameters():
+            p.normal_(0, 0.5)
+    n = int(dilate_token_mask(ctx.token_mask, 1).sum())
+    gen = torch.Generator().manual_seed(3)
+    full = torch.randn(1, CH, *ctx.grid.shape, generator=gen)
+    index = dilate_token_mask(ctx.token_mask, 1).flatten().nonzero().squeeze(1)
+    x = full.flatten(2).transpose(1, 2)[:, index]
+    v1, h1, _ = _decode_with_local(model, pos, ctx, local, x)
+    v2, h2, _ = _decode_with_local(model, pos, ctx, local, x + torch.randn(1, n, CH, generator=gen))
+    assert (h1[0] - h2[0]).abs().max() > 1e-3
+    outside = full.clone()
+    outside[:, :, ~dilate_token_mask(ctx.token_mask, 1)] += 5.0
+    v3, h3, _ = _decode_with_local(model, pos, ctx, local, outside.flatten(2).transpose(1, 2)[:, index])
+    assert torch.equal(h1[0], h3[0]) and torch.equal(v1, v3)
+    zero = tiny_local()
+    plain, _, _ = _decode_with_local(model, pos, ctx, zero, x)
+    assert (v1 - plain).abs().max() > 1e-4
+
+
+def test_global_embedder_copies_the_models_patch_embedding(setup):
+    model = setup[0]
+    glob = GlobalContextEmbedder(tiny_global().config, patch_embedding=model.proj_in)
+    background = torch.randn(1, CH, 3, 4, 5)
+    edit = torch.zeros(3, 4, 5)
+    pooled = glob.pool(background, edit)[:, :CH].flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(glob(background, edit), model.proj_in(pooled.to(model.proj_in.weight.dtype)).float(),
+                              atol=1e-5)
+
+
 def test_adapter_for_another_model_is_refused(setup):
     model = setup[0]
     scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer))

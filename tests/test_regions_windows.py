@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from editctrl_core.context import EditContext
+from editctrl_core.blend import BlendSettings, feather_mask
+from editctrl_core.context import EditContext, prepare_edit, to_tokens
 from editctrl_core.geometry import grid_for
-from editctrl_core.masks import dilate_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
+from editctrl_core.models import build_transformer, build_vae, load_preset
 from editctrl_core.sampler import Region, SamplerSettings, region_text, sample_edit
 from editctrl_core.scd import SCDModel, SCDOptions
 from editctrl_core.text import TinyTextEncoder
+from editctrl_core.vae import decode_latents
 
 PRESET = load_preset("tiny")
 GRID = (4, 4, 6)
@@ -94,7 +96,7 @@ def test_touching_regions_blend_as_one_edit_with_cfg(setup):
     assert torch.isfinite(out.latents).all()
 
 
-def test_windowed_edit_runs_encoder_once_and_each_window_in_turn(setup):
+def test_windowed_edit_encodes_and_denoises_each_window_in_turn(setup):
     model, enc = setup
     tok = torch.zeros(GRID, dtype=torch.bool)
     tok[:, 1:3, 1:4] = True
@@ -103,8 +105,98 @@ def test_windowed_edit_runs_encoder_once_and_each_window_in_turn(setup):
     steps = []
     out = sample_edit(scd, ctx, enc.encode(["snow"]), None, SamplerSettings(steps=2, cfg=1.0, window_frames=2),
                       callback=lambda value, total, _: steps.append((value, total)))
-    assert out.encoder_calls == 1 and out.decoder_calls == 4
+    assert out.encoder_calls == 2 and out.decoder_calls == 4
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     edit = out.edit_tokens
     assert torch.equal(out.latents[:, :, ~edit], ctx.source_latents[:, :, ~edit])
     assert not torch.allclose(out.latents[:, :, edit], ctx.source_latents[:, :, edit])
+
+
+def test_a_region_outside_the_main_mask_is_edited_and_everything_outside_all_regions_is_the_source(setup):
+    """The union of the masks is the edit mask: the background is blanked there, the adapters' mask channel shows it,
+    the default blend keeps it and the composite pastes it; beyond them the latents and pixels are the source."""
+    model, enc = setup
+    vae = build_vae(PRESET)
+    frames = torch.rand(25, 128, 384, 3, generator=torch.Generator().manual_seed(2))
+    main = torch.zeros(25, 128, 384)
+    main[:, 32:96, 0:64] = 1.0
+    region = torch.zeros(25, 128, 384)
+    region[:, 32:96, 320:384] = 1.0
+    ctx = prepare_edit(vae, frames, main)
+    scd = _scd(model)
+    seen = {}
+    plan = scd.plan
+
+    def spy(*args, **kwargs):
+        seen["edit_mask"] = kwargs["edit_mask"]
+        seen["background"] = kwargs["background"]
+        return plan(*args, **kwargs)
+
+    scd.plan = spy
+    out = sample_edit(scd, ctx, enc.encode(["a field"]), None, SamplerSettings(steps=3, seed=1, cfg=1.0,
+                      blend=BlendSettings()), regions=[Region(region, enc.encode(["a red car"]))])
+    inside = pixel_mask_to_token_mask(region)
+    assert not bool((inside & ctx.token_mask).any())
+    assert torch.equal(seen["edit_mask"], ctx.token_mask | inside)
+    assert torch.equal(seen["background"][:, :, inside], ctx.fill[:, :, inside])
+    assert not torch.allclose(out.latents[:, :, inside], ctx.source_latents[:, :, inside], atol=1e-3)
+    outside = ~out.edit_tokens
+    assert bool(outside.any()) and torch.equal(out.latents[:, :, outside], ctx.source_latents[:, :, outside])
+    assert torch.equal(out.mask, torch.maximum(main, region))
+    edited = out.crop(decode_latents(vae, out.latents))
+    pasted = out.composite(edited, frames, 16.0)
+    beyond = feather_mask(torch.maximum(main, region), 16.0) == 0
+    assert torch.equal(pasted[beyond], frames[beyond])
+    assert not torch.allclose(pasted[region > 0.5], frames[region > 0.5], atol=1e-3)
+
+
+def _window_ctx() -> EditContext:
+    tok = torch.zeros(GRID, dtype=torch.bool)
+    tok[:, 1:3, 1:4] = True
+    ctx = _ctx(tok)
+    ctx.background_latents = torch.where(tok[None, None], torch.zeros_like(ctx.source_latents), ctx.source_latents)
+    return ctx
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_single_window_is_the_one_pass_edit(setup, fast):
+    model, enc = setup
+    ctx = _window_ctx()
+    prompt, negative = enc.encode(["snow"]), enc.encode([""])
+    settings = SamplerSettings(steps=2, seed=4, cfg=3.0, blend=None, fast=fast)
+    one_pass = sample_edit(_scd(model), ctx, prompt, negative, settings).latents
+    single = sample_edit(_scd(model), ctx, prompt, negative, SamplerSettings(steps=2, seed=4, cfg=3.0, blend=None,
+                                                                             fast=fast, window_frames=GRID[0]))
+    assert single.encoder_calls == 1
+    assert torch.allclose(single.latents, one_pass, atol=1e-5), (single.latents - one_pass).abs().max()
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_later_window_is_conditioned_on_the_earlier_frames_as_edited(setup, shift):
+    """Mechanism of the seam-free windows: the context of window 2 is the frame-causal encoder's over the frames of
+    window 1 *as edited* followed by window 2's own background, not over the blanked source."""
+    model, enc = setup
+    ctx = _window_ctx()
+    scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, shift=shift))
+    contexts = []
+    plan = scd.plan
+
+    def spy(index, context, *args, **kwargs):
+        contexts.append(context.clone())
+        return plan(index, context, *args, **kwargs)
+
+    scd.plan = spy
+    prompt = enc.encode(["snow"])
+    out = sample_edit(scd, ctx, prompt, None, SamplerSettings(steps=2, cfg=1.0, blend=None, window_frames=2))
+    per_frame = GRID[1] * GRID[2]
+    later = slice(2 * per_frame, None)
+    carried = to_tokens(ctx.background_latents).clone()
+    carried[:, :2 * per_frame] = to_tokens(out.latents)[:, :2 * per_frame]
+    assert not torch.equal(carried, to_tokens(ctx.background_latents))
+    with torch.no_grad():
+        expected = scd.encode(carried, GRID, prompt)
+        from_source = scd.encode(to_tokens(ctx.background_latents), GRID, prompt)
+    assert len(contexts) == 2
+    assert torch.allclose(contexts[1][:, later], expected[:, later], atol=1e-5)
+    assert not torch.allclose(contexts[1][:, later], from_source[:, later], atol=1e-3)
+    assert torch.allclose(contexts[0][:, :2 * per_frame], from_source[:, :2 * per_frame], atol=1e-5)

@@ -182,3 +182,17 @@ def test_schedule_arguments_are_checked(kwargs: dict, message: str) -> None:
     steps, tokens = args.pop("steps"), args.pop("num_tokens")
     with pytest.raises(ValueError, match=message):
         ltx2_sigmas(steps, tokens, **args)
+
+
+def test_the_nodes_sigma_text_reads_back_exactly() -> None:
+    """The sampler node lists the σ it ran as the shortest decimals that read back as the same float32 values."""
+    from editctrl_core.schedules import describe_sigmas
+
+    for sigmas in (ltx2_sigmas(8, 6144), ltx2_sigmas(3, 12, base_shift=0.5, max_shift=3.0, terminal=0.2),
+                   torch.tensor(DISTILLED_SIGMAS)):
+        text = describe_sigmas(sigmas)
+        assert torch.equal(torch.tensor([float(v) for v in text.split(", ")]), sigmas), text
+    assert describe_sigmas(torch.tensor(DISTILLED_SIGMAS)) == "1, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, " \
+                                                              "0.725, 0.421875, 0"
+    long = describe_sigmas(ltx2_sigmas(30, 6144))
+    assert long.count(", ") == 8 and ", …, " in long and long.endswith(", 0.1, 0")

@@ -101,3 +101,25 @@ def test_samples_are_reproducible_per_index(tmp_path: Path, data_dir: Path) -> N
         again = [m.sample_loss(sample, k).loss for k in reversed(range(4))][::-1]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert len({float(x) for x in first}) == 4
+
+
+def test_adapter_stages_build_editctrl_layout_modules(tmp_path: Path, data_dir: Path) -> None:
+    """The global stage's embedder starts as a copy of the transformer's patch embedding (mask column zero); the
+    local module reads x_t; the files the run writes are the current layout and load back for the sampler."""
+    from editctrl_core.adapters import GlobalContextEmbedder, LocalContextModule, load_adapter, read_adapter_metadata
+
+    trainer = _trainer(tmp_path, data_dir, "editctrl_global")
+    m = trainer.module
+    m.prepare_stage(2)
+    proj_in, embed = m.transformer.proj_in, m.global_context.patch_embed
+    c = proj_in.in_features
+    assert torch.equal(embed.weight[:, :c], proj_in.weight.float()) and torch.equal(embed.bias, proj_in.bias.float())
+    assert float(embed.weight[:, c:].detach().abs().max()) == 0.0
+    assert hasattr(m.local, "proj_noisy")
+    result = trainer.run(max_steps=1)
+    for key, cls in (("local", LocalContextModule), ("global", GlobalContextEmbedder)):
+        info = read_adapter_metadata(result.files[key])
+        assert info.layout == cls.LAYOUT
+        module = load_adapter(result.files[key], info.base_model_id, info.split_layer)
+        assert isinstance(module, cls)
+        m.scd.attach(**({"local": module} if key == "local" else {"global_context": module}))

@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor
+from editctrl_core.context import DEFAULT_FPS
 from editctrl_core.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
 from editctrl_core.text import TextConditioning
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from training.config import Config, DataConfig
 
 log = logging.getLogger("editctrl.training")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: samples record the clip's frame rate (RoPE's time axis)
 TEXT_DTYPE = "bfloat16"  # what `load_text_encoder` computes real Gemma weights in (enters the encoder identity)
 HASH_PROGRESS_BYTES = 1 << 28  # show a progress bar when hashing weights larger than this
 
@@ -224,6 +225,7 @@ class Sample:
     fill: torch.Tensor | None = None
     qwen: torch.Tensor | None = None
     qwen_mask: torch.Tensor | None = None
+    fps: float = DEFAULT_FPS
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -503,7 +505,7 @@ def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache
             stats["skipped"] += 1
             continue
         try:
-            frames, _ = read_video(spec.path)
+            frames, fps = read_video(spec.path)
             frames, note = rule.apply(frames)
         except (ValueError, GeometryError, OSError) as exc:
             raise DataError(f"{spec.path}: {exc}") from exc
@@ -519,7 +521,8 @@ def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache
         tensors["text_embeds"] = cond.embeds[0].cpu().float()
         tensors["text_mask"] = cond.mask[0].cpu().to(torch.uint8)
         meta = {"sample_id": spec.sample_id, "caption": spec.caption, "source": spec.path.name, "rule": note,
-                "pixel_shape": json.dumps(list(frames.shape[:3])), "encoders": encoders.id}
+                "pixel_shape": json.dumps(list(frames.shape[:3])), "encoders": encoders.id,
+                "fps": repr(fps / rule.frame_stride)}
         _atomic_save(tensors, path, meta)
         stats["encoded"] += 1
         if progress:
@@ -545,7 +548,7 @@ def load_sample(path: Path, qwen_dir: str | Path | None = None) -> Sample:
             raise DataError(str(exc)) from None
     sample = Sample(meta.get("sample_id", path.stem), t["latents"].float(), t.get("target", t["latents"]).float(),
                     t["text_embeds"].float(), t["text_mask"].long(), meta.get("caption", ""),
-                    t["fill"].float() if "fill" in t else None)
+                    t["fill"].float() if "fill" in t else None, fps=float(meta.get("fps", DEFAULT_FPS)))
     if qwen_dir is not None:
         sample.qwen, sample.qwen_mask = load_qwen_features(Path(qwen_dir), sample.sample_id)
     return sample

@@ -228,7 +228,7 @@ class TrainModule(nn.Module):
         self.scd.attach(local=self.local)
 
     def add_global(self, spec: object) -> None:
-        """Create the GlobalContextEmbedder (one branch per decoder block)."""
+        """Create the GlobalContextEmbedder (one branch per decoder block; patch embedding copied from proj_in)."""
         if self.global_context is not None:
             return
         decoder = self.num_layers - self.split_layer
@@ -237,6 +237,8 @@ class TrainModule(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.train.seed + 31)
             self.global_context = GlobalContextEmbedder(cfg).to(self.device_)
+        # EditCtrl's global tokens come from a copy of the model's own patch embedding (no random embedding layer)
+        self.global_context.copy_patch_embedding(self.transformer.proj_in)
         self.scd.attach(global_context=self.global_context)
 
     def add_tma(self, spec: object, qwen_dim: int) -> None:
@@ -400,7 +402,7 @@ class TrainModule(nn.Module):
                              if _block_of(n) is not None and _block_of(n) < self.split_layer) or (
             self.tma is not None and any(p.requires_grad for p in self.tma.parameters()))
         with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_trains):
-            enc = self.scd.encode(to_tokens(background), grid, text)
+            enc = self.scd.encode(to_tokens(background), grid, text, sample.fps)
         noise = torch.randn(enc.shape, generator=g).to(dev, enc.dtype)
         enc = enc + t.encoder_noise * noise
         dilated = dilate_token_mask(edit, t.dilation)
@@ -412,7 +414,7 @@ class TrainModule(nn.Module):
         eps = torch.randn(x0.shape, generator=g).to(dev)
         s = sigma.to(dev)
         noisy = (1 - s) * x0 + s * eps
-        plan = self.scd.plan(idx, enc, grid, text, background=background, edit_mask=edit.to(dev))
+        plan = self.scd.plan(idx, enc, grid, text, background=background, edit_mask=edit.to(dev), fps=sample.fps)
         velocity = self.scd.decode(plan, noisy, s).float()
         loss = F.mse_loss(velocity, eps - x0)
         debug = {}

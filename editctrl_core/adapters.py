@@ -485,13 +485,16 @@ class GlobalContextEmbedder(nn.Module):
     @torch.no_grad()
     def copy_patch_embedding(self, proj_in: nn.Linear) -> GlobalContextEmbedder:
         """Initialise ``patch_embed`` from the base model's patch embedding ``proj_in`` [model_dim, C] (EditCtrl's
-        ``editctrl_patch_embedding = deepcopy(patch_embedding)``); the edit-mask column is set to zero."""
+        ``editctrl_patch_embedding = deepcopy(patch_embedding)``); the edit-mask column is set to zero. Shapes are
+        checked on the meta device too (a training dry run), where there are no values to copy."""
         weight, bias = proj_in.weight, proj_in.bias
         c = self.config.in_channels - 1
         if tuple(weight.shape) != (self.config.model_dim, c):
             raise ValueError(f"patch embedding is {tuple(weight.shape)}; this embedder needs "
                              f"({self.config.model_dim}, {c}) (model width x latent channels)")
         own = self.patch_embed
+        if weight.is_meta or own.weight.is_meta:
+            return self
         own.weight.zero_()
         own.weight[:, :c].copy_(weight.detach().to(own.weight))
         if bias is None:

@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,6 +119,18 @@ def json_limit_problem(text: str) -> str | None:
     return None
 
 
+def load_json(text: str, error: Callable[[str], Exception], invalid: str = "the text is not valid JSON") -> Any:
+    """JSON text parsed within the size and nesting limits; a problem is raised as `error(reason)`, unparsable text
+    as `invalid` and the parser's reason (one bounded reader for every JSON value a user gives)."""
+    problem = json_limit_problem(text)
+    if problem:
+        raise error(problem)
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise error(f"{invalid} ({err})") from err
+
+
 @dataclass
 class Detection:
     """One grounded object: label, box (x1, y1, x2, y2) in frame pixels, optional confidence score."""
@@ -160,7 +172,7 @@ class Detection:
         box = data.get("box")
         if not isinstance(box, list) or len(box) != 4:
             raise DetectionsFormatError(f"{where} has box {_short(box)}; write 4 numbers [x1, y1, x2, y2]")
-        coords = [_json_number(v) for v in box]
+        coords = [json_number(v) for v in box]
         if any(c is None for c in coords):
             raise DetectionsFormatError(f"{where} has box {_short(box)} with a value that is not a finite number "
                                         "(NaN, Infinity, a string or too large)")
@@ -171,7 +183,7 @@ class Detection:
         if width is not None and height is not None and not (0 <= x1 and x2 <= width and 0 <= y1 and y2 <= height):
             raise DetectionsFormatError(f"{where} has box {_short(box)} outside the {width:g}x{height:g} frame")
         score = data.get("score")
-        value = None if score is None else _json_number(score)
+        value = None if score is None else json_number(score)
         if score is not None and value is None:
             raise DetectionsFormatError(f"{where} has score {_short(score)}; write a finite number or null")
         return cls(label, (x1, y1, x2, y2), value)
@@ -197,8 +209,8 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def _json_number(value: Any) -> float | None:
-    """A finite float from a JSON number (not a boolean or a string), else None."""
+def json_number(value: Any) -> float | None:
+    """A finite float from a JSON number (not a boolean or a string), else None (strict parsing of saved values)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -325,14 +337,7 @@ class Detections:
     @classmethod
     def from_json(cls, text: str) -> Detections:
         """Inverse of `to_json`; the size, nesting and schema are checked (DetectionsFormatError)."""
-        problem = json_limit_problem(text)
-        if problem:
-            raise DetectionsFormatError(problem)
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise DetectionsFormatError(f"the text is not valid JSON ({err})") from err
-        return cls.from_dict(data)
+        return cls.from_dict(load_json(text, DetectionsFormatError))
 
 
 def _category_list(categories: Iterable[str]) -> list[str]:

@@ -25,6 +25,7 @@ attention (STG) is not used by the edit sampler.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -314,6 +315,50 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     return torch.addcmul(hidden, _feed_forward(block.ff, normed), gate_mlp), own
 
 
+def prefix_pass(block_fn: Callable, blocks: list[torch.nn.Module], hidden: torch.Tensor, temb: torch.Tensor,
+                rope: SplitRope | Rope, rope_type: str, text: list[BlockKV], text_bias: torch.Tensor | None, n: int,
+                branches: list[Branch | None] | None = None,
+                into: list[PrefixBuffer] | None = None) -> list[PrefixBuffer]:
+    """Once per edit, the clean prefix tokens `hidden` alone through `blocks` at σ=0 (`temb`): each block's
+    self-attention keys/values go straight into a prefix buffer with room for a step's n tokens (`into`'s when
+    given), so only one block's own copy exists at a time (the one-way prefix of SCD and of the mask-local mode)."""
+    cache = []
+    for i, block in enumerate(blocks):
+        hidden, own = block_fn(block, hidden, temb, rope, rope_type, text[i], text_bias,
+                               branch=None if branches is None else branches[i], keep_kv=True, repeats=len(blocks))
+        cache.append(PrefixBuffer.around(own, n, None if into is None else into[i]))
+        del own
+    return cache
+
+
+class PrefixStep(ABC):
+    """A fast step with per-edit caches (prompt keys/values, rotary tables, prefix buffers) that a
+    :class:`StepCache` refills in place for another edit of the same layout."""
+
+    rope: SplitRope
+    text_bias: torch.Tensor | None
+    text_video: torch.Tensor
+    text_kv: list[BlockKV] | None
+    prefix_kv: list[PrefixBuffer | None] | None
+
+    @abstractmethod
+    def build(self, prefix_into: list | None = None) -> PrefixStep:
+        """Compute the per-edit caches (the prefix pass writing into `prefix_into` when given)."""
+
+    def step_tensors(self) -> list[torch.Tensor | None]:
+        """The per-edit tensors a step reads besides the prefix buffers (what a refill copies)."""
+        out: list[torch.Tensor | None] = [*self.rope, self.text_bias, self.text_video]
+        for kv in self.text_kv or []:
+            out += [kv.k, kv.v]
+        return out
+
+    def refill_from(self, other: PrefixStep) -> None:
+        """Load another edit's caches into this step's tensors (same layout), so a graph captured on this step
+        replays the other edit: its prefix pass writes straight into this step's buffers."""
+        other.build(prefix_into=self.prefix_kv)
+        copy_into(self.step_tensors(), other.step_tensors())
+
+
 class FastLocal:
     """LocalContextModule with its per-edit part (context embedding, rotary table, text keys/values) cached."""
 
@@ -340,7 +385,17 @@ def compiled_video_block(backend: str = "inductor") -> Callable:
     return fn
 
 
-class FastDecoder:
+def fast_decoder_unsupported(scd: SCDModel) -> str | None:
+    """Why :class:`FastDecoder` cannot reproduce ``scd.decode`` exactly, or None when it can: asked before building,
+    so a caller chooses its path up front (and can say why) instead of catching an error."""
+    if not scd.options.concat:
+        return "fast decoding implements the token-concat decoder (SCDOptions.concat=True)"
+    if scd.decoder_block_hooks:
+        return "decoder block hooks are not replayed by the fast path: use SCDModel.decode"
+    return None
+
+
+class FastDecoder(PrefixStep):
     """Per-step SCD decoder over a plan's selected tokens with per-edit caches; ``__call__(x, σ)`` = ``decode``."""
 
     def __init__(self, scd: SCDModel, plan: DecodePlan, *, one_way_prefix: bool | None = None,
@@ -354,10 +409,9 @@ class FastDecoder:
         self.compile = compile
         if one_way_prefix is None:
             one_way_prefix = scd.options.prefix == "one_way"
-        if not scd.options.concat:
-            raise NotImplementedError("fast decoding implements the token-concat decoder (SCDOptions.concat=True)")
-        if scd.decoder_block_hooks:
-            raise NotImplementedError("decoder block hooks are not replayed by the fast path: use SCDModel.decode")
+        unsupported = fast_decoder_unsupported(scd)
+        if unsupported is not None:
+            raise NotImplementedError(unsupported)
         if one_way_prefix and self_bias is not None:
             raise ValueError("self_bias applies to the uncached path; the one-way prefix has its own mask")
         s = scd.stack
@@ -432,19 +486,6 @@ class FastDecoder:
         self.built = True
         return self
 
-    def step_tensors(self) -> list[torch.Tensor | None]:
-        """The per-edit tensors a step reads besides the prefix buffers (what a refill copies)."""
-        out: list[torch.Tensor | None] = [*self.rope, self.text_bias, self.text_video]
-        for kv in self.text_kv or []:
-            out += [kv.k, kv.v]
-        return out
-
-    def refill_from(self, other: FastDecoder) -> None:
-        """Load another edit's caches into this step's tensors (same layout), so a graph captured on this step
-        replays the other edit: its prefix pass writes straight into this step's buffers."""
-        other.build(prefix_into=self.prefix_kv)
-        copy_into(self.step_tensors(), other.step_tensors())
-
     def _branch(self, rel: int) -> Branch | None:
         """The global-context branch of decoder block `rel` with its keys/values at the decoder's batch, or None."""
         kv = self.global_kv.get(rel)
@@ -459,15 +500,8 @@ class FastDecoder:
     def _prefix_pass(self, text: list[BlockKV], into: list[PrefixBuffer] | None = None) -> list[PrefixBuffer]:
         """Run the prefix alone through the decoder blocks at σ=0; every block's self-attention keys/values go
         straight into its prefix buffer (`into`'s when given; once per edit)."""
-        cache = []
-        hidden = self.prefix
-        for rel, block in enumerate(self.blocks):
-            hidden, own = self.block_fn(block, hidden, self.prefix_temb, self.rope, self.rope_type, text[rel],
-                                        self.prefix_text_bias, branch=self.branches[rel], keep_kv=True,
-                                        repeats=len(self.blocks))
-            cache.append(PrefixBuffer.around(own, self.n, None if into is None else into[rel]))
-            del own
-        return cache
+        return prefix_pass(self.block_fn, self.blocks, self.prefix, self.prefix_temb, self.rope, self.rope_type, text,
+                           self.prefix_text_bias, self.n, self.branches, into)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the selected noisy tokens x [B,n,C] at σ [B] (float32 σ on the model's device)."""

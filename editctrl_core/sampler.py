@@ -7,7 +7,7 @@ from noise (or from the source re-noised to `strength`) and is integrated with E
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from .blend import BlendSettings, BoundaryBlender, composite
 from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
-from .fast_decode import ENCODER_CACHE, STEP_CACHE, FastDecoder, compiled_video_block, video_block
+from .fast_decode import (
+    ENCODER_CACHE,
+    STEP_CACHE,
+    FastDecoder,
+    compiled_video_block,
+    fast_decoder_unsupported,
+    video_block,
+)
 from .geometry import Padding
 from .guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_velocity
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
@@ -90,7 +97,8 @@ class SamplerSettings:
 
 @dataclass
 class EditResult:
-    """Edited latents and what the sampler did."""
+    """Edited latents and what the sampler did (`decoder`: "fast" or "reference", the per-step path that ran;
+    `notes`: what the user should know about how it ran, e.g. why the fast path was not used)."""
 
     latents: torch.Tensor
     edit_tokens: torch.Tensor
@@ -100,6 +108,8 @@ class EditResult:
     padding: Padding | None = None
     mode: str = "scd"
     pixel_mask: torch.Tensor | None = None
+    decoder: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
         """Decoded frames on the model's grid → the clip's own frame count and size."""
@@ -195,19 +205,26 @@ def _windows(index: torch.Tensor, grid: tuple[int, int, int], window_frames: int
     return out
 
 
-def _step_function(scd: SCDModel, plan, settings: SamplerSettings, example_x: torch.Tensor,
+def choose_decoder(scd: SCDModel, settings: SamplerSettings) -> tuple[bool, str | None]:
+    """Whether the SCD edit's steps run the fast decoder, decided once per edit before any step, and the note that
+    says why not when fast was asked for but this model's configuration is not supported by it."""
+    if not settings.fast or settings.mode != "scd":
+        return False, None
+    unsupported = fast_decoder_unsupported(scd)
+    if unsupported is None:
+        return True, None
+    return False, f"the fast decoder does not support this model ({unsupported}), so every step ran SCDModel.decode"
+
+
+def _step_function(scd: SCDModel, plan, settings: SamplerSettings, fast: bool, example_x: torch.Tensor,
                    example_sigma: torch.Tensor) -> StepFunction:
-    """The per-step decoder: the cached fast path where it applies (CUDA-graphed on a GPU, optionally compiled;
-    prepared through the process's :data:`STEP_CACHE`, so the same edit again reuses its caches and graph), else
-    `SCDModel.decode`. The first call must be at the example inputs (sample_edit's first step)."""
-    if settings.fast:
-        try:
-            fast = FastDecoder(scd, plan, compile=settings.compile, defer=True)
-        except NotImplementedError:
-            fast = None
-        if fast is not None:
-            step, first = STEP_CACHE.prepare("scd", fast, (example_x, example_sigma), example_x.is_cuda)
-            return _counted(step, first, scd)
+    """The per-step decoder: with `fast` (see :func:`choose_decoder`) the cached fast path (CUDA-graphed on a GPU,
+    optionally compiled; prepared through the process's :data:`STEP_CACHE`, so the same edit again reuses its caches
+    and graph), else `SCDModel.decode`. The first call must be at the example inputs (sample_edit's first step)."""
+    if fast:
+        decoder = FastDecoder(scd, plan, compile=settings.compile, defer=True)
+        step, first = STEP_CACHE.prepare("scd", decoder, (example_x, example_sigma), example_x.is_cuda)
+        return _counted(step, first, scd)
     return lambda x, sigma: scd.decode(plan, x, sigma)
 
 
@@ -332,6 +349,9 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     """
     settings.validate()
     check_inputs_finite(ctx, positive, negative, regions)
+    fast_scd, fallback = choose_decoder(scd, settings)
+    decoder = "fast" if fast_scd or (settings.fast and settings.mode == "training_free") else "reference"
+    notes = [] if fallback is None else [fallback]
     region_pixels = [region_on_grid(ctx, region, number) for number, region in enumerate(regions or [], start=1)]
     ctx = ctx.with_regions(region_pixels)
     grid = ctx.grid.shape
@@ -381,7 +401,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
                 context = _window_context(encoder, context, tokens, background, first, end)
             plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
                             text_keep=text_keep, fps=ctx.fps)
-            decode = _step_function(scd, plan, settings, *example)
+            decode = _step_function(scd, plan, settings, fast_scd, *example)
         else:
             background_keep = None
             if settings.mode == "training_free":
@@ -406,4 +426,4 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
         pending[idx] = False
     decoder_calls = scd.decoder_calls - calls0[0] if settings.mode == "scd" else pretrained.decoder_calls
     return EditResult(from_tokens(tokens, grid).cpu(), dilated, decoder_calls, scd.encoder_calls - calls0[1],
-                      ctx.frames, ctx.padding, settings.mode, ctx.mask)
+                      ctx.frames, ctx.padding, settings.mode, ctx.mask, decoder, notes)

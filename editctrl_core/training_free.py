@@ -20,9 +20,10 @@ from .fast_decode import (
     STEPS_HINT,
     BlockKV,
     PrefixBuffer,
+    PrefixStep,
     block_text_kv,
-    copy_into,
     live_bias,
+    prefix_pass,
     split_rope,
     tensor_layout,
     video_block,
@@ -121,7 +122,7 @@ class _SwapProcessor:
         self.attn.set_processor(self.original)
 
 
-class FastMaskLocal:
+class FastMaskLocal(PrefixStep):
     """``MaskLocalModel.decode`` with per-edit caches: the background's per-block self-attention keys/values and
     the prompt keys/values are computed once; each step runs every block on the edit tokens only."""
 
@@ -140,7 +141,7 @@ class FastMaskLocal:
         self.sigma_text = s.prompt_depends_on_sigma
         self.rope = split_rope(plan.rope, self.rope_type)
         self.text_kv: list[BlockKV] | None = None
-        self.prefix: list[BlockKV | None] = [None] * len(self.blocks)
+        self.prefix_kv: list[PrefixBuffer | None] = [None] * len(self.blocks)
         self.built = False
         if not defer:
             self.build()
@@ -174,34 +175,17 @@ class FastMaskLocal:
         if background_text is None:
             background_text = [block_text_kv(b, self.text_video, background_time.temb_prompt) for b in self.blocks]
         if self.plan.background.shape[1]:
-            self.prefix = self._background_pass(background_time.temb[:, :1], background_text, prefix_into)
+            self.prefix_kv = self._background_pass(background_time.temb[:, :1], background_text, prefix_into)
         self.built = True
         return self
-
-    def step_tensors(self) -> list[torch.Tensor | None]:
-        """The per-edit tensors a step reads besides the background buffers (what a refill copies)."""
-        out: list[torch.Tensor | None] = [*self.rope, self.text_bias, self.text_video]
-        for kv in self.text_kv or []:
-            out += [kv.k, kv.v]
-        return out
-
-    def refill_from(self, other: FastMaskLocal) -> None:
-        """Load another edit's caches into this step's tensors (same layout; see FastDecoder.refill_from)."""
-        other.build(prefix_into=self.prefix)
-        copy_into(self.step_tensors(), other.step_tensors())
 
     def _background_pass(self, temb: torch.Tensor, text: list[BlockKV],
                          into: list[PrefixBuffer | None] | None = None) -> list[PrefixBuffer]:
         """The clean background alone through every block at σ=0; each block's self-attention keys/values go
         straight into its prefix buffer (`into`'s when given), so only one block's own copy exists at a time."""
-        hidden, cache = self.plan.background, []
         rope = split_rope(self.plan.background_rope, self.rope_type)
-        for i, block in enumerate(self.blocks):
-            hidden, own = self.block_fn(block, hidden, temb, rope, self.rope_type, text[i], self.background_bias,
-                                        keep_kv=True, repeats=len(self.blocks))
-            cache.append(PrefixBuffer.around(own, self.n, None if into is None else into[i]))
-            del own
-        return cache
+        return prefix_pass(self.block_fn, self.blocks, self.plan.background, temb, rope, self.rope_type, text,
+                           self.background_bias, self.n, None, into)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the edit tokens x [B,n,C] at σ [B]."""
@@ -216,7 +200,7 @@ class FastMaskLocal:
         hidden = s.model.proj_in(x.to(s.device, s.dtype))
         for i, block in enumerate(self.blocks):
             hidden, _ = self.block_fn(block, hidden, time.temb, self.rope, self.rope_type, text[i],
-                                      self.text_bias, prefix=self.prefix[i], repeats=len(self.blocks) * STEPS_HINT)
+                                      self.text_bias, prefix=self.prefix_kv[i], repeats=len(self.blocks) * STEPS_HINT)
         return s.head(hidden, time.embedded)
 
 

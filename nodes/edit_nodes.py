@@ -174,6 +174,7 @@ class EditCtrlSampler(io.ComfyNode):
         with model.lora_patch():
             result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
                                  regions=regions)
+        notes.extend(result.notes)
         edited = int(result.edit_tokens.sum())
         if edited == 0:
             notes.append("the edit mask is empty after all processing, so the source came back unchanged and the "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
 
 import torch
@@ -25,7 +24,8 @@ from ..editctrl_core.detection import (
     DetectionsFormatError,
     clamp_box,
     is_degenerate,
-    json_limit_problem,
+    json_number,
+    load_json,
 )
 from ..editctrl_core.object_masks import object_tracks, preview_detections
 from .common import CATEGORY
@@ -52,22 +52,11 @@ class PicksError(ValueError):
                          "on, and are optional)")
 
 
-def _number(value: Any) -> float | None:
-    """A finite float from a JSON number (not a boolean or a string), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _numbers(value: Any, count: int, where: str, form: str) -> list[float]:
     """Exactly `count` finite numbers, else a PicksError naming `where`."""
     if not isinstance(value, list) or len(value) != count:
         raise PicksError(f"{where} is {json.dumps(value)[:80]}; write {count} numbers {form}")
-    numbers = [_number(v) for v in value]
+    numbers = [json_number(v) for v in value]
     if any(n is None for n in numbers):
         raise PicksError(f"{where} is {json.dumps(value)[:80]}, which holds a value that is not a finite number")
     return numbers  # type: ignore[return-value]
@@ -81,13 +70,7 @@ def parse_picks(text: str) -> tuple[list[dict[str, Any]], tuple[float, float] | 
     """
     if not text.strip():
         return [], None
-    problem = json_limit_problem(text)
-    if problem:
-        raise PicksError(problem)
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise PicksError(f"the picks are not valid JSON ({err})") from err
+    value = load_json(text, PicksError, "the picks are not valid JSON")
     size = None
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"width", "height", "picks"})
@@ -96,7 +79,7 @@ def parse_picks(text: str) -> tuple[list[dict[str, Any]], tuple[float, float] | 
         if ("width" in value) != ("height" in value):
             raise PicksError("give both 'width' and 'height' (the frame size the picks were made on), or neither")
         if "width" in value:
-            w, h = _number(value["width"]), _number(value["height"])
+            w, h = json_number(value["width"]), json_number(value["height"])
             if w is None or h is None or w <= 0 or h <= 0:
                 raise PicksError(f"'width'/'height' are {value['width']!r}/{value['height']!r}; write positive numbers")
             size = (w, h)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up (idempotent), then run the demo workflow on a real headless ComfyUI: `bash scripts/demo.sh [demo.py args]`.
-# Without arguments it runs graphs/editctrl_demo_trained.api.json with the shipped tiny weights (weights/) laid
-# out as ComfyUI model folders under out/demo-models.
+# Set up (idempotent), then run an edit on a real headless ComfyUI: `bash scripts/demo.sh [demo.py args]`.
+#   bash scripts/demo.sh                                    # the demo clip, graphs/editctrl_demo_trained.api.json
+#   bash scripts/demo.sh --input CLIP [--mask-box x,y,w,h | --mask MASKFILE] [--prompt TEXT]   # your own clip
+# The shipped tiny weights (weights/) are laid out as ComfyUI model folders under out/demo-models; see
+# `bash scripts/demo.sh --help` for every option (scripts/demo.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,7 +15,4 @@ ln -sf "$ROOT/weights/editctrl_tiny.safetensors" "$MODELS/checkpoints/editctrl_t
 ln -sf "$ROOT/weights/editctrl_tiny_lora.safetensors" "$MODELS/loras/editctrl_tiny_lora.safetensors"
 ln -sf "$ROOT/weights/editctrl_tiny_local.safetensors" "$MODELS/editctrl/editctrl_tiny_local.safetensors"
 ln -sf "$ROOT/weights/editctrl_tiny_global.safetensors" "$MODELS/editctrl/editctrl_tiny_global.safetensors"
-if [ "$#" -eq 0 ]; then
-  set -- --workflow graphs/editctrl_demo_trained.api.json
-fi
 exec "${EDITCTRL_VENV:-$ROOT/.venv}/bin/python" scripts/demo.py --models "$MODELS" "$@"

@@ -159,3 +159,47 @@ def test_renoised_blend_keeps_tokens_beyond_falloff_exact_and_softens_the_ring(p
     assert not torch.allclose(out.latents[:, :, ring], ctx.source_latents[:, :, ring])
     plain = sample_edit(_scd(model), ctx, pos, neg, SamplerSettings(steps=4, dilation=3)).latents
     assert not torch.allclose(plain[:, :, ring], out.latents[:, :, ring])
+
+
+def _counting_reference(monkeypatch) -> list[int]:
+    """Count calls of the reference `SCDModel.decode` (the fast decoder never calls it)."""
+    calls: list[int] = []
+    original = SCDModel.decode
+
+    def counted(self, plan, x, sigma):
+        calls.append(1)
+        return original(self, plan, x, sigma)
+    monkeypatch.setattr(SCDModel, "decode", counted)
+    return calls
+
+
+def test_unsupported_fast_configuration_runs_the_reference_and_says_why(parts, monkeypatch):
+    from editctrl_core.fast_decode import fast_decoder_unsupported
+
+    model, pos, _ = parts
+    plain = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, concat=False))
+    assert "token-concat" in fast_decoder_unsupported(plain)
+    scd, reason = _scd(model), "hooks"
+    scd.decoder_block_hooks.append(lambda block, hidden: hidden)
+    assert reason in fast_decoder_unsupported(scd)
+    tok = torch.zeros(3, 4, 5, dtype=torch.bool)
+    tok[1:, 1:3, 1:3] = True
+    calls = _counting_reference(monkeypatch)
+    out = sample_edit(scd, _context(mask_tokens=tok), pos, None, SamplerSettings(steps=3, cfg=1.0))
+    assert out.decoder == "reference" and len(calls) == 3 == out.decoder_calls
+    assert len(out.notes) == 1 and reason in out.notes[0] and "SCDModel.decode" in out.notes[0]
+
+
+def test_supported_configuration_runs_the_fast_decoder_without_notes(parts, monkeypatch):
+    from editctrl_core.fast_decode import fast_decoder_unsupported
+
+    model, pos, _ = parts
+    scd = _scd(model)
+    assert fast_decoder_unsupported(scd) is None
+    tok = torch.zeros(3, 4, 5, dtype=torch.bool)
+    tok[1:, 1:3, 1:3] = True
+    calls = _counting_reference(monkeypatch)
+    out = sample_edit(scd, _context(mask_tokens=tok), pos, None, SamplerSettings(steps=3, cfg=1.0))
+    assert out.decoder == "fast" and not calls and out.decoder_calls == 3 and out.notes == []
+    off = sample_edit(scd, _context(mask_tokens=tok), pos, None, SamplerSettings(steps=3, cfg=1.0, fast=False))
+    assert off.decoder == "reference" and len(calls) == 3 and off.notes == []

@@ -149,7 +149,7 @@ def _distance_field(mask: torch.Tensor, max_distance: float | None, threshold: f
     chunk = max(1, _FRAME_CHUNK_PIXELS // max(1, unique.shape[1] * unique.shape[2]))
     parts = []
     for i in range(0, unique.shape[0], chunk):
-        d = _edt_chunk(unique[i:i + chunk], radius).to(torch.float32).sqrt()
+        d = _edt_chunk(unique[i:i + chunk], radius).to(torch.float64).sqrt().to(torch.float32)
         parts.append(d.masked_fill_(d > limit, math.inf))
     return _Field(torch.cat(parts), owner, box, tuple(mask.shape), math.inf)
 
@@ -161,7 +161,9 @@ def pixel_distance(mask: torch.Tensor, max_distance: float | None = None, thresh
     0 inside the mask. Distances greater than ``max_distance`` (and every pixel of an empty frame) are ``inf``;
     the transform only searches that far (and only inside the masks' box grown by it), which keeps it cheap for
     small falloffs. Exact: a separable two-pass transform (column distances, then a windowed minimum over
-    columns) in integers, then one correctly rounded sqrt, so every device gives the same bits. Runs of identical
+    columns) in integers, then one correctly rounded sqrt (in float64, rounded to float32: that is the correctly
+    rounded float32 root, while CUDA's float32 sqrt was one ulp off at times on an H200), so every device gives the
+    same bits. Runs of identical
     consecutive frames (static masks) are computed once. Computed and returned on ``device`` (None: the mask's).
     """
     return _distance_field(mask, max_distance, threshold, device).full()

@@ -1,25 +1,19 @@
-"""Object masks and semantic tokens: Qwen-VL loading and grounding, object selection, SAM silhouettes, mask algebra
-and TMA tokens on the conditioning. Thin nodes over `editctrl_core.qwen`, `detection`, `object_masks`, `sam`, `tma`.
-"""
+"""Objects: Qwen-VL loading and grounding on keyframes, detections from JSON, object selection (thin nodes over
+`editctrl_core.qwen`, `detection`, `object_masks`); SAM silhouettes, mask algebra and TMA tokens live beside it."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 import warnings
-import weakref
-from pathlib import Path
 from typing import Any
 
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
 from ..editctrl_core import qwen as qwen_core
-from ..editctrl_core import sam as sam_core
 from ..editctrl_core.detection import (
     ANSWER_EXAMPLE,
     PROMPT_MODES,
@@ -34,38 +28,20 @@ from ..editctrl_core.detection import (
 from ..editctrl_core.object_masks import (
     cap_notice,
     cap_objects,
-    dilate_mask,
-    mask_intersect,
-    mask_subtract,
-    mask_union,
     object_tracks,
     preview_detections,
-    scale_box,
     select_objects,
-    tracks_for,
     union_box_mask,
 )
-from ..editctrl_core.text import TextConditioning
-from ..editctrl_core.tma import (
-    TMAConfig,
-    build_tma,
-    load_tma,
-    semantic_tokens,
-    tiny_tma_config,
-    with_semantic_tokens,
-)
-from .common import CATEGORY, EditConditioning, Progress, check_interrupt, notice, pick_device
+from .common import CATEGORY, Progress, check_interrupt, notice, pick_device
+from .model_folders import LLM_FOLDER, mark_offload_after_use, model_folders, release, resolve_model_folder
 
 log = logging.getLogger("editctrl")
 
 QwenType = io.Custom("EDITCTRL_QWEN")
 DetectionsType = io.Custom("EDITCTRL_DETECTIONS")
-SamType = io.Custom("EDITCTRL_SAM")
 
-LLM_FOLDER = "LLM"
-SAM_FOLDER = "sams"
 TINY_QWEN = ("tiny", "tiny-qwen2_5_vl", "tiny-qwen3_vl")
-TINY_SAM = tuple(f"tiny-{family}" for family in sam_core.SAM_FAMILIES)
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICES = ["auto", "cpu", "cuda"]
 SELECT_BY = ["label", "index", "text", "all"]
@@ -76,57 +52,9 @@ COORDINATES = {
     "relative 0-1000 (Qwen3-VL)": ("qwen3_vl", None, 1),
     "relative 0-1": ("qwen2_5_vl", (1, 1, 1), 1),
 }
-MASK_OPS = ["none", "union", "intersect", "subtract"]
-FRESH_TMA = "fresh"
-NO_SAM_NOTE = ("no SAM model connected: using the detection boxes as masks "
-               "(connect EditCtrl Load SAM for object silhouettes)")
 DETECT = "EditCtrl Detect"
 FROM_JSON = "EditCtrl Detections From JSON"
-SAM_REFINE = "EditCtrl SAM Refine"
 SHOWN_ITEMS = 32
-
-# Models whose weights leave the GPU after each use (chosen on their loader); weak so dropped models are not kept.
-_OFFLOAD_AFTER_USE: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_detection_folders() -> None:
-    """Register ComfyUI model folders `models/LLM` (Qwen-VL) and `models/sams` (SAM) if they are not known yet."""
-    for name in (LLM_FOLDER, SAM_FOLDER):
-        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
-
-
-register_detection_folders()
-
-
-def model_folders(kind: str) -> list[str]:
-    """Names of the sub-folders of ComfyUI's `kind` model folders that hold a transformers model (config.json)."""
-    found: list[str] = []
-    for base in folder_paths.get_folder_paths(kind):
-        if not os.path.isdir(base):
-            continue
-        for name in sorted(os.listdir(base)):
-            if os.path.isfile(os.path.join(base, name, "config.json")) and name not in found:
-                found.append(name)
-    return found
-
-
-def resolve_model_folder(kind: str, name: str) -> Path:
-    """Absolute path of `models/<kind>/<name>`; names with path separators or '..' are refused."""
-    if not name or name in (".", "..") or os.path.isabs(name) or "/" in name or "\\" in name:
-        raise ValueError(f"{name!r} is not a folder name inside models/{kind}; pick one of the listed models")
-    for base in folder_paths.get_folder_paths(kind):
-        candidate = os.path.join(base, name)
-        if os.path.isfile(os.path.join(candidate, "config.json")):
-            return Path(candidate)
-    raise FileNotFoundError(f"no model folder {name!r} with a config.json in {folder_paths.get_folder_paths(kind)}; "
-                            f"put the transformers model folder under models/{kind}/")
-
-
-def release(model: Any) -> None:
-    """Move a Qwen-VL or SAM model's weights off the GPU if its loader asked for offloading after use."""
-    if model in _OFFLOAD_AFTER_USE and model.device.type != "cpu":
-        model.offload("cpu")
-
 
 def frame_index(value: int, frames: int) -> int:
     """A keyframe index (negative counts from the end) checked against the clip length."""
@@ -285,7 +213,7 @@ class EditCtrlQwenVLLoader(io.ComfyNode):
         else:
             qwen = qwen_core.load_qwen_vl(resolve_model_folder(LLM_FOLDER, model), device=dev, dtype=dtype)
         if offload_after_use:
-            _OFFLOAD_AFTER_USE.add(qwen)
+            mark_offload_after_use(qwen)
         log.info("EditCtrl: loaded Qwen-VL %s (%s, %s, %s) in %.1fs", qwen.name, qwen.family, qwen.dtype,
                  qwen.device, time.perf_counter() - start)
         return io.NodeOutput(qwen)
@@ -503,263 +431,4 @@ class EditCtrlSelectObjects(io.ComfyNode):
         return io.NodeOutput(mask, ", ".join(names), ui=ui.PreviewText(summary))
 
 
-class EditCtrlSAMLoader(io.ComfyNode):
-    """Load SAM / SAM2 / SAM3 (transformers folder in models/sams) or a tiny test preset."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        """Model choice, image/video mode, dtype, device."""
-        return io.Schema(
-            node_id="EditCtrlSAMLoader",
-            display_name="EditCtrl Load SAM",
-            category=CATEGORY + "/objects",
-            description="SAM / SAM2 / SAM3 (safetensors folders under models/sams) for SAM Refine.",
-            inputs=[
-                io.Combo.Input("model", options=[*TINY_SAM, *model_folders(SAM_FOLDER)],
-                               default=next(iter(model_folders(SAM_FOLDER)), "tiny-sam2_video"),
-                               tooltip="A SAM, SAM2 or SAM3 folder under models/sams (transformers layout, e.g. "
-                                       "sam2.1-hiera-large), or a tiny preset with random weights for tests."),
-                io.Combo.Input("mode", options=["auto", "video", "image"], default="auto",
-                               tooltip="video: propagate masks through every frame (SAM2/SAM3); image: segment "
-                                       "keyframes and move the silhouette with the box; auto: video when the "
-                                       "checkpoint has a video model. Tiny presets name their mode."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="'auto' = bfloat16 on a GPU that supports it, else float32."),
-                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="auto: ComfyUI's device (the GPU when there is one)."),
-                io.Boolean.Input("offload_after_use", default=True,
-                                 tooltip="Move the weights to the CPU after each use."),
-            ],
-            outputs=[SamType.Output(display_name="sam", tooltip="For EditCtrl SAM Refine.")],
-        )
-
-    @classmethod
-    def execute(cls, model: str, mode: str, dtype: str, device: str, offload_after_use: bool) -> io.NodeOutput:
-        """Load the preset or folder."""
-        dev = pick_device(device)
-        modes = {"auto": None, "video": True, "image": False}
-        if mode not in modes:
-            raise ValueError(f"EditCtrl Load SAM: mode must be one of {list(modes)}; got {mode!r}")
-        video = modes[mode]
-        start = time.perf_counter()
-        if model in TINY_SAM:
-            bundle = sam_core.tiny_sam(model[len("tiny-"):], device=dev)
-        else:
-            bundle = sam_core.load_sam(resolve_model_folder(SAM_FOLDER, model), device=dev, dtype=dtype, video=video)
-        if offload_after_use:
-            _OFFLOAD_AFTER_USE.add(bundle)
-        log.info("EditCtrl: loaded SAM %s (%s) in %.1fs", bundle.name, bundle.family, time.perf_counter() - start)
-        return io.NodeOutput(bundle)
-
-
-class EditCtrlSAMRefine(io.ComfyNode):
-    """Turn the selected objects' boxes into silhouettes with SAM (box masks when no SAM is connected)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        """Frames, detections, selection, optional SAM and clipping."""
-        return io.Schema(
-            node_id="EditCtrlSAMRefine",
-            display_name="EditCtrl SAM Refine",
-            category=CATEGORY + "/objects",
-            description="Turns the selected objects' boxes into silhouettes with SAM, propagated over the clip "
-                        "(box masks when no SAM is connected, and the node says so).",
-            inputs=[
-                io.Image.Input("images", tooltip="The video the detections were made on [F,H,W,3]."),
-                DetectionsType.Input("detections", tooltip="From Detect Objects, Detections from JSON or the picker."),
-                io.Combo.Input("select_by", options=SELECT_BY, default="label",
-                               tooltip="As in EditCtrl Select Objects."),
-                io.String.Input("selection", default="",
-                                tooltip="Comma-separated labels or indices, or a phrase for text mode."),
-                SamType.Input("sam", optional=True,
-                              tooltip="Unconnected: the box masks are used (and the node says so)."),
-                io.Boolean.Input("clip_to_box", default=True,
-                                 tooltip="Keep each silhouette inside its box grown by box_margin (also on frames "
-                                         "a video model propagated to)."),
-                io.Float.Input("box_margin", default=0.1, min=0.0, max=2.0, step=0.01,
-                               tooltip="Growth of the clipping box, as a fraction of its longest side (at least 4 px)."),
-                io.Float.Input("threshold", default=0.0, min=-20.0, max=20.0, step=0.1,
-                               tooltip="SAM mask-logit threshold; higher gives tighter silhouettes."),
-            ],
-            outputs=[io.Mask.Output(display_name="mask", tooltip="The silhouettes [F,H,W] (0..1)."),
-                     io.String.Output(display_name="info", tooltip="What was segmented, and how.")],
-        )
-
-    @classmethod
-    def execute(cls, images: torch.Tensor, detections: Detections, select_by: str, selection: str, clip_to_box: bool,
-                box_margin: float, threshold: float, sam: sam_core.SamBundle | None = None) -> io.NodeOutput:
-        """One SAM pass per selected object (progress per object); the union of the silhouettes."""
-        names = selected_objects(detections, images, select_by, selection, SAM_REFINE)
-        frames, height, width = check_images(images, SAM_REFINE)
-        if sam is None:
-            info = f"{NO_SAM_NOTE}; objects: {', '.join(names)}"
-            mask = union_box_mask(detections, frames, height, width, names)
-            return io.NodeOutput(mask, info, ui=notice(SAM_REFINE, [info]))
-        sx, sy = width / detections.width, height / detections.height
-        margin = box_margin if clip_to_box else None
-        progress = Progress(len(names))
-        notes: list[str] = []
-        result = torch.zeros(frames, height, width)
-        start = time.perf_counter()
-        try:
-            for i, track in enumerate(tracks_for(detections, names)):
-                check_interrupt()
-                boxes = {k: [scale_box(box, sx, sy)] for k, box in track.boxes.items()}
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    mask = sam_core.refine(sam, images, boxes, threshold=threshold, clip_margin=margin,
-                                           track_clip_margin=margin)
-                notes += [f"{track.name}: {w.message}" for w in caught]
-                torch.maximum(result, mask.to(result.dtype), out=result)
-                progress(i + 1, len(names))
-        finally:
-            release(sam)
-        elapsed = time.perf_counter() - start
-        summary = (f"SAM {sam.family} ({sam.name}) refined {len(names)} object(s) over {frames} frames in "
-                   f"{elapsed:.2f}s: {', '.join(names)}")
-        log.info("%s: %s", SAM_REFINE, summary)
-        shown = shown_text(SAM_REFINE, summary, notes)
-        return io.NodeOutput(result, shown.value, ui=shown)
-
-
-def match_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks as [F,H,W] with one-frame masks repeated to the other's frame count; shapes must then agree."""
-    a = a.unsqueeze(0) if a.ndim == 2 else a
-    b = b.unsqueeze(0) if b.ndim == 2 else b
-    if a.shape[0] == 1 and b.shape[0] > 1:
-        a = a.expand(b.shape[0], -1, -1)
-    if b.shape[0] == 1 and a.shape[0] > 1:
-        b = b.expand(a.shape[0], -1, -1)
-    if a.shape != b.shape:
-        raise ValueError(f"EditCtrl Mask Ops: mask_a {tuple(a.shape)} and mask_b {tuple(b.shape)} differ; "
-                         "make both masks for the same video")
-    return a.float(), b.float()
-
-
-class EditCtrlMaskOps(io.ComfyNode):
-    """Combine two masks (union / intersect / subtract), then grow or shrink the result in pixels."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        """Masks, operation and growth."""
-        return io.Schema(
-            node_id="EditCtrlMaskOps",
-            display_name="EditCtrl Mask Ops",
-            category=CATEGORY + "/masks",
-            description="Union, intersection or difference of two masks, grown or shrunk in pixels.",
-            inputs=[
-                io.Mask.Input("mask_a", tooltip="The first mask [F,H,W]."),
-                io.Combo.Input("operation", options=MASK_OPS, default="none",
-                               tooltip="none: only grow/shrink mask_a; union: a or b; intersect: a and b; "
-                                       "subtract: a without b."),
-                io.Int.Input("grow_px", default=0, min=-512, max=512,
-                             tooltip="Grow (positive) or shrink (negative) the result by this many pixels."),
-                io.Mask.Input("mask_b", optional=True, tooltip="The second mask (for union/intersect/subtract)."),
-            ],
-            outputs=[io.Mask.Output(display_name="mask", tooltip="The resulting mask.")],
-        )
-
-    @classmethod
-    def execute(cls, mask_a: torch.Tensor, operation: str, grow_px: int,
-                mask_b: torch.Tensor | None = None) -> io.NodeOutput:
-        """Apply the operation, then dilate/erode."""
-        if operation == "none":
-            out = mask_a.float()
-        else:
-            if mask_b is None:
-                raise ValueError(f"EditCtrl Mask Ops: '{operation}' needs mask_b; connect a second mask or choose "
-                                 "'none'")
-            a, b = match_frames(mask_a, mask_b)
-            ops = {"union": mask_union, "intersect": mask_intersect, "subtract": mask_subtract}
-            if operation not in ops:
-                raise ValueError(f"EditCtrl Mask Ops: operation must be one of {MASK_OPS}; got {operation!r}")
-            out = ops[operation](a, b)
-        return io.NodeOutput(dilate_mask(out, grow_px))
-
-
-def tma_files() -> list[str]:
-    """.safetensors files in models/editctrl (TMA connectors among them)."""
-    try:
-        return [n for n in folder_paths.get_filename_list("editctrl") if n.endswith(".safetensors")]
-    except KeyError:
-        return []
-
-
-def tma_connector(choice: str, qwen_dim: int, text_dim: int, tiny: bool, seed: int) -> tuple[Any, str]:
-    """A fresh connector sized for the models, or one loaded strictly from models/editctrl; plus its description."""
-    if choice == FRESH_TMA:
-        config = tiny_tma_config(qwen_dim, text_dim) if tiny else TMAConfig(qwen_dim=qwen_dim, text_dim=text_dim,
-                                                                            mlp_dim=qwen_dim)
-        return build_tma(config, seed=seed), f"fresh TMA (untrained, seed {seed})"
-    path = folder_paths.get_full_path_or_raise("editctrl", choice)
-    connector, base = load_tma(path)
-    config = connector.config
-    if config.qwen_dim != qwen_dim:
-        raise ValueError(f"TMA file {choice} reads Qwen hidden states {config.qwen_dim} wide but the loaded Qwen-VL's "
-                         f"are {qwen_dim}; load the Qwen-VL it was trained with ({base or 'not recorded'})")
-    if config.text_dim != text_dim:
-        raise ValueError(f"TMA file {choice} makes tokens {config.text_dim} wide but the conditioning is {text_dim} "
-                         "wide; use the TMA trained for this LTX-2 model's text encoder")
-    return connector, f"TMA {choice} (base {base or 'not recorded'})"
-
-
-class EditCtrlTMATokens(io.ComfyNode):
-    """Prepend 8 TMA semantic tokens (Qwen-VL reads keyframes + caption) to the conditioning."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        """Conditioning, Qwen, frames, caption, TMA weights."""
-        return io.Schema(
-            node_id="EditCtrlTMATokens",
-            display_name="EditCtrl TMA Semantic Tokens",
-            category=CATEGORY,
-            description="Qwen-VL hidden states over K evenly spaced frames + editing template + caption, pooled by "
-                        "learnable queries into tokens prepended to the text context (mask extended).",
-            inputs=[
-                EditConditioning.Input("conditioning", tooltip="The prompt conditioning to extend."),
-                QwenType.Input("qwen", tooltip="From EditCtrl Load Qwen-VL."),
-                io.Image.Input("images", tooltip="The source video [F,H,W,3]."),
-                io.String.Input("caption", multiline=True, default="",
-                                tooltip="What the edited video shows; empty = the conditioning's prompt."),
-                io.Combo.Input("tma_weights", options=[FRESH_TMA, *tma_files()], default=FRESH_TMA,
-                               tooltip="A TMA connector from models/editctrl, or 'fresh': a newly initialised one "
-                                       "sized for these models (untrained; for tests and wiring)."),
-                io.Int.Input("k_frames", default=4, min=1, max=64, tooltip="Frames Qwen-VL looks at."),
-                io.Int.Input("task", default=0, min=0, max=64, tooltip="Meta-query task id."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Initialisation of a fresh connector."),
-            ],
-            outputs=[EditConditioning.Output(display_name="conditioning",
-                                             tooltip="The conditioning with the semantic tokens in front.")],
-        )
-
-    @classmethod
-    def execute(cls, conditioning: TextConditioning, qwen: qwen_core.QwenVL, images: torch.Tensor, caption: str,
-                tma_weights: str, k_frames: int, task: int, seed: int) -> io.NodeOutput:
-        """Hidden states (content-hash cached), TMA pooling, prepend with the mask extended."""
-        check_images(images, "EditCtrl TMA")
-        text = caption.strip() or conditioning.prompt.strip()
-        if not text:
-            raise ValueError("EditCtrl TMA: the caption is empty and the conditioning has no prompt; write what the "
-                             "edited video shows")
-        text_dim = int(conditioning.embeds.shape[-1])
-        connector, what = tma_connector(tma_weights, qwen.hidden_size, text_dim, qwen.name.startswith("tiny"), seed)
-        if not 0 <= task < connector.config.num_tasks:
-            raise ValueError(f"EditCtrl TMA: task {task} is out of range; {what} has {connector.config.num_tasks} "
-                             "task(s)")
-        cache = qwen_core.DEFAULT_HIDDEN_CACHE
-        hits = cache.hits
-        check_interrupt()
-        try:
-            states = qwen_core.hidden_states(qwen, images, text, k_frames=k_frames)
-        finally:
-            release(qwen)
-        source = "cached" if cache.hits > hits else "computed"
-        tokens = semantic_tokens(connector, states, None, task)
-        out = with_semantic_tokens(conditioning, tokens)
-        info = (f"{tokens.shape[1]} semantic tokens from {what}; Qwen hidden states {source} "
-                f"({states.shape[1]} x {states.shape[2]}); conditioning {conditioning.embeds.shape[1]} -> "
-                f"{out.embeds.shape[1]} tokens")
-        return io.NodeOutput(out, ui=notice("EditCtrl TMA", [info]))
-
-
-NODES = [EditCtrlQwenVLLoader, EditCtrlDetectObjects, EditCtrlDetectionsFromJSON, EditCtrlSelectObjects,
-         EditCtrlSAMLoader, EditCtrlSAMRefine, EditCtrlMaskOps, EditCtrlTMATokens]
+NODES = [EditCtrlQwenVLLoader, EditCtrlDetectObjects, EditCtrlDetectionsFromJSON, EditCtrlSelectObjects]

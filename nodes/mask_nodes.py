@@ -1,12 +1,16 @@
-"""Mask helpers: a rectangle mask for clips, and the red mask-overlay preview."""
+"""Mask helpers: a rectangle mask for clips, mask algebra (union / intersect / subtract, grow / shrink), and the red
+mask-overlay preview."""
 
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io, ui
 
+from ..editctrl_core.object_masks import dilate_mask, mask_intersect, mask_subtract, mask_union
 from ..editctrl_core.preview import mask_overlay
 from .common import CATEGORY
+
+MASK_OPS = ["none", "union", "intersect", "subtract"]
 
 
 class EditCtrlRectMask(io.ComfyNode):
@@ -69,4 +73,59 @@ class EditCtrlMaskOverlay(io.ComfyNode):
         return io.NodeOutput(overlay, ui=ui.PreviewImage(overlay[shown], cls=cls))
 
 
-NODES = [EditCtrlRectMask, EditCtrlMaskOverlay]
+def match_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks as [F,H,W] with one-frame masks repeated to the other's frame count; shapes must then agree."""
+    a = a.unsqueeze(0) if a.ndim == 2 else a
+    b = b.unsqueeze(0) if b.ndim == 2 else b
+    if a.shape[0] == 1 and b.shape[0] > 1:
+        a = a.expand(b.shape[0], -1, -1)
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        b = b.expand(a.shape[0], -1, -1)
+    if a.shape != b.shape:
+        raise ValueError(f"EditCtrl Mask Ops: mask_a {tuple(a.shape)} and mask_b {tuple(b.shape)} differ; "
+                         "make both masks for the same video")
+    return a.float(), b.float()
+
+
+class EditCtrlMaskOps(io.ComfyNode):
+    """Combine two masks (union / intersect / subtract), then grow or shrink the result in pixels."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Masks, operation and growth."""
+        return io.Schema(
+            node_id="EditCtrlMaskOps",
+            display_name="EditCtrl Mask Ops",
+            category=CATEGORY + "/masks",
+            description="Union, intersection or difference of two masks, grown or shrunk in pixels.",
+            inputs=[
+                io.Mask.Input("mask_a", tooltip="The first mask [F,H,W]."),
+                io.Combo.Input("operation", options=MASK_OPS, default="none",
+                               tooltip="none: only grow/shrink mask_a; union: a or b; intersect: a and b; "
+                                       "subtract: a without b."),
+                io.Int.Input("grow_px", default=0, min=-512, max=512,
+                             tooltip="Grow (positive) or shrink (negative) the result by this many pixels."),
+                io.Mask.Input("mask_b", optional=True, tooltip="The second mask (for union/intersect/subtract)."),
+            ],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The resulting mask.")],
+        )
+
+    @classmethod
+    def execute(cls, mask_a: torch.Tensor, operation: str, grow_px: int,
+                mask_b: torch.Tensor | None = None) -> io.NodeOutput:
+        """Apply the operation, then dilate/erode."""
+        if operation == "none":
+            out = mask_a.float()
+        else:
+            if mask_b is None:
+                raise ValueError(f"EditCtrl Mask Ops: '{operation}' needs mask_b; connect a second mask or choose "
+                                 "'none'")
+            a, b = match_frames(mask_a, mask_b)
+            ops = {"union": mask_union, "intersect": mask_intersect, "subtract": mask_subtract}
+            if operation not in ops:
+                raise ValueError(f"EditCtrl Mask Ops: operation must be one of {MASK_OPS}; got {operation!r}")
+            out = ops[operation](a, b)
+        return io.NodeOutput(dilate_mask(out, grow_px))
+
+
+NODES = [EditCtrlRectMask, EditCtrlMaskOps, EditCtrlMaskOverlay]

@@ -42,7 +42,7 @@ from editctrl_core.adapters import (  # noqa: E402
     LocalContextConfig,
     LocalContextModule,
 )
-from editctrl_core.context import to_tokens  # noqa: E402
+from editctrl_core.context import global_size, to_tokens  # noqa: E402
 from editctrl_core.fast_decode import FastDecoder  # noqa: E402
 from editctrl_core.models import Preset, build_transformer, build_vae, load_preset  # noqa: E402
 from editctrl_core.scd import SCDModel, SCDOptions  # noqa: E402
@@ -122,6 +122,16 @@ def _setup(name: str) -> dict[str, Any]:
             "text": text, "background": background, "context": context, "local": local, "global": glob}
 
 
+def _global_input(setup: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
+    """A global-context input of the shape the edit context builds (9 frames at ~256 px, plus the mask channel)."""
+    f, h, w = setup["grid"]
+    lh, lw = (n // 32 for n in global_size(32 * h, 32 * w))
+    shape = (1, setup["channels"] + 1, 1 + (min(9, 8 * (f - 1) + 1) - 1) // 8, lh, lw)
+    if setup["real"]:
+        return torch.zeros(shape, device="meta")
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
 def step_flops(setup: dict[str, Any], fraction: float, extras: bool = True) -> dict[str, Any]:
     """Per-step FLOPs at one mask fraction (with `extras`: plan, decoder-only and one-way cached counts too)."""
     scd, grid, channels = setup["scd"], setup["grid"], setup["channels"]
@@ -131,8 +141,10 @@ def step_flops(setup: dict[str, Any], fraction: float, extras: bool = True) -> d
     x = torch.zeros(1, n, channels, device="meta") if setup["real"] else torch.randn(1, n, channels)
     sigma = torch.tensor([0.5])
     holder: dict[str, Any] = {}
+    glob_in = _global_input(setup, mask)
     plan_flops = count(lambda: holder.setdefault("plan", scd.plan(index, setup["context"], grid, setup["text"],
-                                                                     background=setup["background"], edit_mask=mask)))
+                                                                     background=setup["background"], edit_mask=mask,
+                                                                     global_input=glob_in)))
     plan = holder["plan"]
     row: dict[str, Any] = {"mask_fraction": fraction, "tokens": n, "actual_fraction": n / mask.numel(),
                            "step_flops": count(lambda: scd.decode(plan, x, sigma))}

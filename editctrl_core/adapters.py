@@ -10,10 +10,11 @@
   Positions: it computes its own 3D RoPE from token coordinates ``coords [B,3,N]`` or ``[3,N]`` (latent frame,
   row, column of each gathered token; :func:`token_coords` builds them from the sampler's flat ``idx``), so it does
   not depend on LTX's rope layout (split/interleaved) or head count.
-- :class:`GlobalContextEmbedder` pools the whole background (edit region blanked) on its (frames, height, width)
-  grid to at most ``max_tokens`` tokens (parameter-free average pooling of the full-size background latents;
-  EditCtrl VAE-encodes ~8 frames resized to 256x256 instead, see :meth:`GlobalContextEmbedder.pool`) and embeds
-  them with a copy of the base model's patch embedding (``proj_in``, see
+- :class:`GlobalContextEmbedder` reads EditCtrl's global input: VAE latents of ~8 frames of the masked clip at
+  low resolution (9 frames, ~256 px on the long side, edit region blanked to grey, plus the edit-mask channel;
+  built by :func:`editctrl_core.context.global_input`), average-pooled only when they exceed ``max_tokens``
+  tokens (see :meth:`GlobalContextEmbedder.pool`), and embeds them with a copy of the base model's patch
+  embedding (``proj_in``, see
   :meth:`GlobalContextEmbedder.copy_patch_embedding`), as EditCtrl does; the mask channel's column starts at
   zero. It owns one zero-initialised cross-attention branch per target decoder block, whose output is added next
   to that block's text cross-attention output.
@@ -453,11 +454,14 @@ class GlobalCrossAttention(nn.Module):
 
 
 class GlobalContextEmbedder(nn.Module):
-    """EditCtrl global path: the blanked background pooled on the 3D grid to ≤ max_tokens, embedded by a copy of the
-    base model's patch embedding, plus one zero-initialised cross-attention branch per target block.
+    """EditCtrl global path: the low-resolution masked clip's latents (pooled on the 3D grid to ≤ max_tokens only
+    when larger), embedded by a copy of the base model's patch embedding, plus one zero-initialised cross-attention
+    branch per target block.
 
-    ``forward(background [B,C,f,h,w], edit_mask [f,h,w] | [B,f,h,w]) -> context [B,M,model_dim]`` (background with
-    the edit region blanked, e.g. by :func:`blank_latents`; M = prod(:func:`pooled_grid`)). As in EditCtrl the
+    ``forward(global_input [B,C+1,f',h',w']) -> context [B,M,model_dim]`` where ``global_input`` is
+    :func:`editctrl_core.context.global_input`: VAE latents of 9 frames of the clip at ~256 px with the edit region
+    blanked to grey, plus the low-resolution edit mask as the last channel (M = prod(:func:`pooled_grid`)). As in
+    EditCtrl the
     context tokens are ``patch_embed(low-resolution latents)`` with ``patch_embed`` a copy of the transformer's
     ``proj_in`` (:meth:`copy_patch_embedding`, or pass ``patch_embedding`` to the constructor; without it the layer
     keeps PyTorch's default init), no position features and no extra norm. The edit mask is appended as one more
@@ -469,7 +473,7 @@ class GlobalContextEmbedder(nn.Module):
     """
 
     ADAPTER_KIND = "global_context"
-    LAYOUT = 2
+    LAYOUT = 3
 
     def __init__(self, config: GlobalContextConfig | None = None, device: _Device = None,
                  patch_embedding: nn.Linear | None = None) -> None:
@@ -508,30 +512,19 @@ class GlobalContextEmbedder(nn.Module):
         """Decoder blocks (relative to the split) that have a global-context branch."""
         return self.config.target_blocks
 
-    def pool(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
-        """Average-pool [B,C+1,f,h,w] (latents + edit-mask channel) to the pooled grid: [B,C+1,f',h',w'].
+    def pool(self, global_input: torch.Tensor) -> torch.Tensor:
+        """Average-pool the global input [B,C+1,f',h',w'] (latents + edit-mask channel) to :func:`pooled_grid`
+        under ``max_tokens`` (unchanged when it fits, as EditCtrl's 256x256 input does at the default budget)."""
+        if global_input.ndim != 5 or global_input.shape[1] != self.config.in_channels:
+            raise ValueError(f"the global input must be [B,{self.config.in_channels},f,h,w] (latents plus the "
+                             f"edit-mask channel, editctrl_core.context.global_input); got {tuple(global_input.shape)}")
+        f, h, w = global_input.shape[2:]
+        grid = pooled_grid(f, h, w, self.config.max_tokens)
+        return global_input if grid == (f, h, w) else F.adaptive_avg_pool3d(global_input, grid)
 
-        EditCtrl VAE-encodes ~8 frames of the masked video resized to 256x256; here the background latents the SCD
-        encoder already gets (full size) are pooled instead. Not equivalent: on the shipped tiny VAE, pooled
-        full-size latents vs the VAE latents of the same clip's frames at half size have cosine 0.44-0.53 (an
-        unrelated clip: 0.34-0.50) and 0.5-0.64x their spread, while the extra low-resolution encode costs ~13%
-        of the full-size one. Feeding VAE(low-resolution masked frames) here needs the edit context and the
-        training cache to carry those latents (open in issue 12, item 9)."""
-        b, c, f, h, w = background.shape
-        if c + 1 != self.config.in_channels:
-            raise ValueError(f"background has {c} channels; this embedder expects {self.config.in_channels - 1} "
-                             "(in_channels includes the edit-mask channel)")
-        mask = edit_mask.to(device=background.device, dtype=background.dtype)
-        if mask.ndim == 3:
-            mask = mask.unsqueeze(0).expand(b, -1, -1, -1)
-        if tuple(mask.shape) != (b, f, h, w):
-            raise ValueError(f"edit_mask must be [f,h,w] or [B,f,h,w] matching {(b, f, h, w)}; got {tuple(edit_mask.shape)}")
-        x = torch.cat([background, mask.unsqueeze(1)], dim=1)
-        return F.adaptive_avg_pool3d(x, pooled_grid(f, h, w, self.config.max_tokens))
-
-    def forward(self, background: torch.Tensor, edit_mask: torch.Tensor) -> torch.Tensor:
-        """Global context tokens [B,M,model_dim] from blanked background latents and the edit mask."""
-        pooled = self.pool(background.to(self.patch_embed.weight.dtype), edit_mask)
+    def forward(self, global_input: torch.Tensor) -> torch.Tensor:
+        """Global context tokens [B,M,model_dim] from the global input (:func:`editctrl_core.context.global_input`)."""
+        pooled = self.pool(global_input.to(self.patch_embed.weight.dtype))
         return self.patch_embed(pooled.flatten(2).transpose(1, 2))
 
     def branch_module(self, block_index: int) -> GlobalCrossAttention:
@@ -575,6 +568,9 @@ LAYOUT_CHANGES: dict[str, dict[int, str]] = {
         1: "it embedded the pooled background with a randomly initialised Linear plus position features and "
            "norms; the current GlobalContextEmbedder (layout 2) embeds it with a copy of the base model's patch "
            "embedding and no position features, as EditCtrl does",
+        2: "it embedded the full-size background latents average-pooled to the token budget; the current "
+           "GlobalContextEmbedder (layout 3) embeds VAE latents of 9 low-resolution frames (~256 px) of the masked "
+           "clip plus the edit mask, as EditCtrl does (editctrl_core.context.global_input)",
     },
 }
 _RETRAIN = {

@@ -486,7 +486,8 @@ def edit_context_from_latents(vae, samples: torch.Tensor, region: torch.Tensor, 
     pixel_mask = pixel_mask_for(region, tokens, grid)
     fill = fill_latents(vae, (grid.pixel_frames, grid.pixel_height, grid.pixel_width))
     background = blank_background(source, tokens, fill) if bool(tokens.any()) else source.clone()
-    return EditContext(frames, pixel_mask, source, background, tokens, grid, padding, fill=fill, fps=fps)
+    return EditContext(frames, pixel_mask, source, background, tokens, grid,
+                       padding, fill=fill, fps=fps, vae=vae)
 
 
 # ------------------------------------------------------------------------------------------------ conditioning

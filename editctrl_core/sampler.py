@@ -373,6 +373,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
         text = concat_conditionings([positive, negative]) if use_cfg else positive
     windows = _windows(index, grid, settings.window_frames if settings.mode != "full" else 0)
     background = to_tokens(ctx.background_latents)
+    global_in = ctx.global_input() if settings.mode == "scd" and scd.global_context is not None else None
     encoder = None
     if settings.mode == "scd":
         if settings.window_frames:
@@ -400,7 +401,7 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
             if encoder is not None:
                 context = _window_context(encoder, context, tokens, background, first, end)
             plan = scd.plan(idx, context, grid, text, background=ctx.background_latents, edit_mask=ctx.token_mask,
-                            text_keep=text_keep, fps=ctx.fps)
+                            text_keep=text_keep, fps=ctx.fps, global_input=global_in)
             decode = _step_function(scd, plan, settings, fast_scd, *example)
         else:
             background_keep = None

@@ -383,10 +383,11 @@ class SCDModel:
     def plan(self, index: torch.Tensor, context: torch.Tensor, grid: tuple[int, int, int],
              text: TextConditioning, *, background: torch.Tensor | None = None,
              edit_mask: torch.Tensor | None = None, text_keep: torch.Tensor | None = None,
-             fps: float = DEFAULT_FPS) -> DecodePlan:
+             fps: float = DEFAULT_FPS, global_input: torch.Tensor | None = None) -> DecodePlan:
         """Precompute the decoder's per-edit inputs for the selected token indices (flattened f*h*w order).
 
-        `background` [1,C,f,h,w] (edit region blanked) and `edit_mask` [f,h,w] feed attached adapters;
+        `background` [1,C,f,h,w] (edit region blanked) and `edit_mask` [f,h,w] feed the local adapter,
+        `global_input` [1,C+1,f',h',w'] (:func:`editctrl_core.context.global_input`) the global one;
         `text_keep` [B,n,T] restricts which prompt tokens each selected token may attend to (multi-region); `fps` is
         the clip's frame rate (RoPE's time axis).
         """
@@ -410,15 +411,18 @@ class SCDModel:
                 keep = torch.cat([keep, keep], dim=1)
             text_ctx.video_bias = torch.where(keep, 0.0, MASK_BIAS).to(s.dtype)
         plan = DecodePlan(index, prefix, rotary, text_ctx, prefix_time, coords)
-        if (self.local is not None or self.global_context is not None) and (background is None or edit_mask is None):
-            raise ValueError("attached adapters need the background latents and the edit mask")
+        if self.local is not None and (background is None or edit_mask is None):
+            raise ValueError("the local context adapter needs the background latents and the edit mask")
+        if self.global_context is not None and global_input is None:
+            raise ValueError("the global context adapter needs its low-resolution input (global_input: "
+                             "editctrl_core.context.global_input, EditContext.global_input())")
         if self.local is not None:
             plan.extras["local_tokens"] = local_context_tokens(background.to(s.device, torch.float32),
                                                                edit_mask.to(s.device), index, fill=None)
             plan.extras["local_coords"] = token_coords(index, grid).to(s.device)
         if self.global_context is not None:
             g = self.global_context
-            ctx = g(background.to(s.device), edit_mask.to(s.device))
+            ctx = g(global_input.to(s.device))
             plan.extras["global_kv"] = {t: g.branch_kv(t, ctx) for t in g.target_blocks}
         return plan
 

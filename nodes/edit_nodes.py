@@ -170,6 +170,10 @@ class EditCtrlSampler(io.ComfyNode):
         elif compile:
             log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
         vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
+        if chosen == "scd" and model.scd.global_context is not None and edit_context.global_latents is None \
+                and edit_context.vae is not None:
+            vram.load(edit_context.vae)  # the global adapter's low-resolution encode (once per edit context)
+            edit_context.global_input()
         check_interrupt()
         with model.lora_patch():
             result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),

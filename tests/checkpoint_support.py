@@ -9,15 +9,19 @@ from editctrl_core.scd import SCDModel
 
 def assert_checkpointing_keeps_gradients(scd: SCDModel, index: torch.Tensor, context: torch.Tensor,
                                          grid: tuple[int, int, int], text, background: torch.Tensor,
-                                         edit_mask: torch.Tensor, x: torch.Tensor) -> None:
+                                         edit_mask: torch.Tensor, x: torch.Tensor,
+                                         global_input: torch.Tensor | None = None) -> None:
     """Decode with and without checkpointed blocks (a fresh plan each time) and compare the global-context
     embedder's gradients; they must be non-zero and equal."""
     model, glob = scd.transformer, scd.global_context
+    if global_input is None:
+        global_input = torch.cat([background, edit_mask[None, None].to(background)], dim=1)
     grads = []
     for checkpointing in (False, True):
         model.gradient_checkpointing = checkpointing
         glob.zero_grad()
-        plan = scd.plan(index, context, grid, text, background=background, edit_mask=edit_mask)
+        plan = scd.plan(index, context, grid, text, background=background, edit_mask=edit_mask,
+                        global_input=global_input)
         try:
             scd.decode(plan, x, torch.tensor([0.6])).pow(2).mean().backward()
         finally:

@@ -80,8 +80,8 @@ def test_fresh_local_module_changes_nothing():
 def test_fresh_global_branches_change_nothing():
     torch.manual_seed(0)
     embedder = GlobalContextEmbedder(GLOBAL)
-    background = torch.randn(2, 8, 5, 6, 7)
-    context = embedder(background, torch.zeros(5, 6, 7, dtype=torch.bool))
+    global_input = torch.cat([torch.randn(2, 8, 5, 6, 7), torch.zeros(2, 1, 5, 6, 7)], dim=1)
+    context = embedder(global_input)
     assert context.shape == (2, 24, GLOBAL.model_dim)
     assert bool(torch.isfinite(context).all())
     hidden = torch.randn(2, 13, GLOBAL.model_dim)
@@ -200,22 +200,25 @@ def test_global_pooling_puts_frame_content_in_the_matching_pooled_frame():
     embedder = GlobalContextEmbedder(cfg)
     f, h, w = 16, 16, 24
     pf, ph, pw = pooled_grid(f, h, w, 256)
+    def with_mask(latents, mask):
+        return torch.cat([latents, mask.expand(1, 1, f, h, w)], dim=1)
+
     no_edit = torch.zeros(f, h, w)
     for frame in (0, 7, 15):
         background = torch.zeros(1, 1, f, h, w)
         background[0, 0, frame] = 1.0
-        pooled = embedder.pool(background, no_edit)[0, 0]
+        pooled = embedder.pool(with_mask(background, no_edit))[0, 0]
         assert pooled.shape == (pf, ph, pw)
         hit = [j for j in range(pf) if bool((pooled[j] != 0).any())]
         bins = [j for j in range(pf) if (j * f) // pf <= frame < -((-(j + 1) * f) // pf)]
         assert hit == bins and len(bins) <= 2
     corner = torch.zeros(1, 1, f, h, w)
     corner[0, 0, :, :3, :2] = 1.0
-    pooled = embedder.pool(corner, no_edit)[0, 0]
+    pooled = embedder.pool(with_mask(corner, no_edit))[0, 0]
     assert bool((pooled[:, 0, 0] > 0).all()) and float(pooled[:, 1:, :].abs().sum()) == 0.0
     edit = torch.zeros(f, h, w)
     edit[:, 8:, 12:] = 1.0
-    mask_channel = embedder.pool(torch.zeros(1, 1, f, h, w), edit)[0, 1]
+    mask_channel = embedder.pool(with_mask(torch.zeros(1, 1, f, h, w), edit))[0, 1]
     assert float(mask_channel[:, 0, 0].max()) == 0.0 and float(mask_channel[:, -1, -1].min()) == 1.0
 
 
@@ -223,12 +226,12 @@ def test_global_context_reaches_the_branch_once_trained():
     torch.manual_seed(3)
     embedder = _perturbed(GlobalContextEmbedder(GLOBAL))
     background = torch.randn(1, 8, 5, 6, 7)
-    edit = torch.zeros(5, 6, 7)
+    edit = torch.zeros(1, 1, 5, 6, 7)
     hidden = torch.randn(1, 9, GLOBAL.model_dim)
-    a = embedder.branch(3, hidden, embedder(background, edit))
-    b = embedder.branch(3, hidden, embedder(background + 1.0, edit))
+    a = embedder.branch(3, hidden, embedder(torch.cat([background, edit], 1)))
+    b = embedder.branch(3, hidden, embedder(torch.cat([background + 1.0, edit], 1)))
     assert (a - b).abs().max() > 1e-4
-    context = embedder(background, edit)
+    context = embedder(torch.cat([background, edit], 1))
     cached = embedder.branch(3, hidden, kv=embedder.branch_kv(3, context))
     assert torch.equal(cached, embedder.branch(3, hidden, context))
 
@@ -452,14 +455,16 @@ def test_global_embedder_is_a_copy_of_the_patch_embedding():
     proj_in = torch.nn.Linear(8, GLOBAL.model_dim)
     embedder = GlobalContextEmbedder(GLOBAL, patch_embedding=proj_in)
     assert sorted({k.split(".")[0] for k in embedder.state_dict()}) == ["branches", "patch_embed"]
-    background = torch.randn(2, 8, 5, 6, 7)
-    edit = torch.zeros(5, 6, 7)
-    edit[:, 2:4, 2:5] = 1.0
-    pooled = embedder.pool(background, edit)
-    context = embedder(background, edit)
+    edit = torch.zeros(2, 1, 5, 6, 7)
+    edit[:, :, :, 2:4, 2:5] = 1.0
+    global_input = torch.cat([torch.randn(2, 8, 5, 6, 7), edit], dim=1)
+    pooled = embedder.pool(global_input)
+    context = embedder(global_input)
     assert torch.allclose(context, proj_in(pooled[:, :8].flatten(2).transpose(1, 2)), atol=1e-6)
-    same = torch.ones(1, 8, 2, 2, 2)
-    tokens = GlobalContextEmbedder(GLOBAL, patch_embedding=proj_in)(same, torch.zeros(2, 2, 2))
+    same = torch.cat([torch.ones(1, 8, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)], dim=1)
+    tokens = GlobalContextEmbedder(GLOBAL, patch_embedding=proj_in)(same)
+    small = torch.randn(1, 9, 2, 3, 4)  # fits the budget: embedded as it is, no pooling
+    assert torch.equal(embedder.pool(small), small)
     assert torch.allclose(tokens, tokens[:, :1].expand_as(tokens))
     assert torch.equal(embedder.branch(1, torch.randn(2, 4, GLOBAL.model_dim), context),
                        torch.zeros(2, 4, GLOBAL.model_dim))
@@ -474,3 +479,22 @@ def test_old_layout_global_file_is_refused(tmp_path):
     _old_layout(good, old, ())
     with pytest.raises(AdapterLoadError, match="old layout 1.*randomly initialised Linear.*Retrain.*editctrl_global"):
         load_adapter(old, "ltx-2.0-19b", 32)
+
+
+def test_pooled_background_global_file_is_refused_with_what_changed(tmp_path):
+    """A layout-2 global file (trained on the average-pooled full-size background) is refused: its input is now
+    the VAE latents of the low-resolution masked frames."""
+    good = tmp_path / "global.safetensors"
+    save_adapter(GlobalContextEmbedder(GLOBAL), good, "ltx-2.0-19b", 32)
+    assert read_adapter_metadata(good).layout == GlobalContextEmbedder.LAYOUT == 3
+    with safe_open(str(good), framework="pt") as fh:
+        meta = {**fh.metadata(), "editctrl.layout": "2"}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = tmp_path / "pooled_global.safetensors"
+    save_file(tensors, str(old), metadata=meta)
+    for kwargs in ({}, {"expected_kind": "global_context"}, {"module": GlobalContextEmbedder(GLOBAL)}):
+        with pytest.raises(AdapterLoadError) as err:
+            load_adapter(old, "ltx-2.0-19b", 32, **kwargs)
+        message = str(err.value)
+        assert "old layout 2" in message and "average-pooled" in message and "low-resolution frames" in message
+        assert "Retrain" in message and "'editctrl_global' stage" in message and "pooled_global" in message

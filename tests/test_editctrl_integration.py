@@ -2,16 +2,19 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checkpoint_support import assert_checkpointing_keeps_gradients
 
+from editctrl_core import adapters
 from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
-from editctrl_core.context import EditContext
+from editctrl_core.context import EditContext, global_input, prepare_edit
 from editctrl_core.geometry import grid_for
 from editctrl_core.masks import dilate_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.models import build_transformer, build_vae, load_preset
 from editctrl_core.sampler import SamplerSettings, sample_edit
 from editctrl_core.scd import SCDModel, SCDOptions
 from editctrl_core.text import TinyTextEncoder
+from editctrl_core.vae import encode_frames
 
 PRESET = load_preset("tiny")
 INNER = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]
@@ -41,8 +44,9 @@ def setup():
     tok = torch.zeros(f, h, w, dtype=torch.bool)
     tok[1:, 1:3, 1:3] = True
     frames = (f - 1) * 8 + 1
-    ctx = EditContext(torch.zeros(frames, h * 32, w * 32, 3), token_mask_to_pixel_mask(tok, frames), src,
-                      src.masked_fill(tok.view(1, 1, f, h, w), 0.0), tok, grid_for(frames, h * 32, w * 32))
+    ctx = EditContext(torch.rand(frames, h * 32, w * 32, 3, generator=gen), token_mask_to_pixel_mask(tok, frames),
+                      src, src.masked_fill(tok.view(1, 1, f, h, w), 0.0), tok, grid_for(frames, h * 32, w * 32),
+                      vae=build_vae(PRESET))
     return model, enc.encode(["a boat"]), enc.encode([""]), ctx
 
 
@@ -119,12 +123,10 @@ def test_local_hints_depend_on_the_noisy_tokens_in_the_decoder(setup):
 def test_global_embedder_copies_the_models_patch_embedding(setup):
     model = setup[0]
     glob = GlobalContextEmbedder(tiny_global().config, patch_embedding=model.proj_in)
-    background = torch.randn(1, CH, 3, 4, 5)
-    edit = torch.zeros(3, 4, 5)
-    pooled = glob.pool(background, edit)[:, :CH].flatten(2).transpose(1, 2)
+    low = torch.cat([torch.randn(1, CH, 3, 4, 5), torch.zeros(1, 1, 3, 4, 5)], dim=1)
+    pooled = glob.pool(low)[:, :CH].flatten(2).transpose(1, 2)
     with torch.no_grad():
-        assert torch.allclose(glob(background, edit), model.proj_in(pooled.to(model.proj_in.weight.dtype)).float(),
-                              atol=1e-5)
+        assert torch.allclose(glob(low), model.proj_in(pooled.to(model.proj_in.weight.dtype)).float(), atol=1e-5)
 
 
 def test_adapter_for_another_model_is_refused(setup):
@@ -152,4 +154,46 @@ def test_global_branch_survives_gradient_checkpointing(setup):
         context = scd.encode(ctx.background_latents.flatten(2).transpose(1, 2), ctx.grid.shape, pos)
     x = torch.randn(1, index.numel(), CH, generator=torch.Generator().manual_seed(2))
     assert_checkpointing_keeps_gradients(scd, index, context, ctx.grid.shape, pos, ctx.background_latents,
-                                         ctx.token_mask, x)
+                                         ctx.token_mask, x, global_input=ctx.global_input())
+
+
+def test_global_input_is_the_vae_latents_of_the_low_resolution_masked_frames():
+    """EditCtrl's global input: 9 of the clip's 8n+1 frames, resized to ~256 px on the long side (multiples of 32),
+    VAE-encoded, the edit region blanked to the grey clip's latents and the low-resolution mask appended."""
+    vae = build_vae(PRESET)
+    gen = torch.Generator().manual_seed(7)
+    frames = torch.rand(17, 320, 512, 3, generator=gen)
+    pixel = torch.zeros(17, 320, 512)
+    pixel[9:, 64:192, 128:320] = 1.0  # latent frame 2, rows 2:6, columns 4:10 of the 10x16 grid
+    ctx = prepare_edit(vae, frames, pixel)
+    got = global_input(vae, ctx.frames, ctx.token_mask)
+    small = F.interpolate(frames[list(range(0, 17, 2))].permute(0, 3, 1, 2), size=(160, 256), mode="bilinear",
+                          antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+    latents = encode_frames(vae, small)
+    grey = encode_frames(vae, torch.full_like(small, 0.5))
+    low = torch.zeros(2, 5, 8, dtype=torch.bool)
+    low[1, 1:3, 2:5] = True  # latent frame 1 of the 9 frames covers pixel frames 2..16 (full latent frames 1, 2)
+    expected = torch.cat([torch.where(low, grey, latents), low[None, None].float()], dim=1)
+    assert got.shape == (1, CH + 1, 2, 5, 8)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ctx.global_input(), got)
+    assert ctx.global_latents is not None  # encoded once, kept on the context
+
+
+def test_sampler_feeds_the_global_embedder_the_low_resolution_input(setup, monkeypatch):
+    """A sampler edit with a global adapter embeds `global_input(vae, frames, edit mask)`, not pooled latents; an
+    edit without one never runs the low-resolution encode."""
+    model, pos, neg, ctx = setup
+    seen = []
+    forward = adapters.GlobalContextEmbedder.forward
+    monkeypatch.setattr(adapters.GlobalContextEmbedder, "forward",
+                        lambda self, x: seen.append(x.clone()) or forward(self, x))
+    fresh = EditContext(ctx.frames, ctx.mask, ctx.source_latents, ctx.background_latents, ctx.token_mask, ctx.grid,
+                        vae=ctx.vae)
+    _run(model, pos, neg, fresh)
+    assert not seen and fresh.global_latents is None
+    _run(model, pos, neg, fresh, global_context=tiny_global())
+    assert seen and fresh.global_latents is not None
+    expected = global_input(ctx.vae, ctx.frames, ctx.token_mask)
+    assert all(torch.equal(x, expected) for x in seen)
+    assert expected.shape[1:] == (CH + 1, 2, 4, 5)

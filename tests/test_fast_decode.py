@@ -22,6 +22,11 @@ DEC = PRESET.transformer["num_layers"] - PRESET.split_layer
 GRID = (3, 4, 5)
 
 
+def global_input(background: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A global-context input [1,C+1,f,h,w] for these unit tests (latents plus the edit-mask channel)."""
+    return torch.cat([background, mask[None, None].to(background)], dim=1)
+
+
 def _adapters() -> tuple[LocalContextModule, GlobalContextEmbedder]:
     """Adapters with non-zero output projections, so their residuals really reach the decoder."""
     torch.manual_seed(0)
@@ -52,7 +57,8 @@ def setup():
     index = mask.flatten().nonzero().squeeze(1)
     with torch.no_grad():
         context = scd.encode(to_tokens(background), GRID, positive)
-        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask,
+                        global_input=global_input(background, mask))
     x = torch.randn(2, index.numel(), CH, generator=gen)
     return scd, plan, text, background, x, positive
 
@@ -154,7 +160,8 @@ def test_compiled_blocks_equal_eager_and_compile_once_for_any_token_count(setup)
         index = mask.flatten().nonzero().squeeze(1)
         assert index.numel() != plan.index.numel()
         context = scd.encode(to_tokens(background), GRID, positive)
-        other = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        other = scd.plan(index, context, GRID, text, background=background, edit_mask=mask,
+                        global_input=global_input(background, mask))
         y = torch.randn(2, index.numel(), CH, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(FastDecoder(scd, other, compile="eager")(y, sigma),
                                    FastDecoder(scd, other)(y, sigma), atol=1e-5, rtol=1e-5)
@@ -195,7 +202,8 @@ def test_fast_path_reproduces_ltx23_and_ltx25_blocks(layout, prefix):
         context = scd.encode(to_tokens(background), GRID, positive)
         torch.testing.assert_close(fast_encode(scd, to_tokens(background), GRID, positive), context, atol=3e-5,
                                    rtol=1e-5)
-        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask,
+                        global_input=global_input(background, mask))
         fast = FastDecoder(scd, plan)
         assert fast.sigma_text == (layout == "ltx-2.3")
         for s in (0.9, 0.3):
@@ -289,10 +297,12 @@ def test_per_token_prompt_masks_of_several_regions(setup, prefix):
     sigma = torch.tensor([0.5, 0.5])
     with torch.no_grad():
         context = scd.encode(to_tokens(background), GRID, positive)
-        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask, text_keep=keep)
+        plan = scd.plan(index, context, GRID, text, background=background, edit_mask=mask, text_keep=keep,
+                        global_input=global_input(background, mask))
         ref = scd.decode(plan, x, sigma)
         torch.testing.assert_close(FastDecoder(scd, plan)(x, sigma), ref, atol=2e-5, rtol=1e-5)
-        unmasked = scd.plan(index, context, GRID, text, background=background, edit_mask=mask)
+        unmasked = scd.plan(index, context, GRID, text, background=background, edit_mask=mask,
+                        global_input=global_input(background, mask))
         assert not torch.allclose(scd.decode(unmasked, x, sigma), ref, atol=1e-4)  # the masks really matter
 
 

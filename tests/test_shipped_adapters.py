@@ -5,9 +5,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from editctrl_core.adapters import ADAPTER_CLASSES, AdapterLoadError, load_adapter, read_adapter_metadata
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.adapters import (
+    ADAPTER_CLASSES,
+    AdapterLoadError,
+    GlobalContextEmbedder,
+    load_adapter,
+    read_adapter_metadata,
+)
+from editctrl_core.context import prepare_edit
+from editctrl_core.models import build_transformer, build_vae, load_preset
 from editctrl_core.scd import SCDModel, SCDOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,3 +45,20 @@ def test_shipped_adapter_loads_or_says_to_retrain(kind):
     module = load_adapter(path, preset.model_id, preset.split_layer, expected_kind=kind)
     scd = SCDModel(build_transformer(preset), SCDOptions(split_layer=preset.split_layer))
     scd.attach(**({"local": module} if kind == "local_context" else {"global_context": module}))
+
+
+def test_shipped_global_adapter_is_trained_on_the_low_resolution_input():
+    """The shipped global embedder is the current layout (trained on EditCtrl's input, the VAE latents of the
+    low-resolution masked frames) and embeds that input of a tiny clip."""
+    path = REPO / "weights" / SHIPPED["global_context"]
+    preset = load_preset("tiny")
+    info = read_adapter_metadata(path)
+    assert info.layout == GlobalContextEmbedder.LAYOUT == 3
+    module = load_adapter(path, preset.model_id, preset.split_layer, expected_kind="global_context")
+    frames = torch.rand(17, 64, 96, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(17, 64, 96)
+    mask[:, :32, :32] = 1.0
+    ctx = prepare_edit(build_vae(preset), frames, mask)
+    with torch.no_grad():
+        tokens = module(ctx.global_input())
+    assert tokens.shape == (1, 2 * 2 * 3, module.config.model_dim) and bool(torch.isfinite(tokens).all())

@@ -123,3 +123,37 @@ def test_adapter_stages_build_editctrl_layout_modules(tmp_path: Path, data_dir: 
         module = load_adapter(result.files[key], info.base_model_id, info.split_layer)
         assert isinstance(module, cls)
         m.scd.attach(**({"local": module} if key == "local" else {"global_context": module}))
+
+
+def test_global_stage_trains_on_the_inference_global_input(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    """The global stage's embedder gets `global_input(vae, clip frames, drawn edit mask)` — the low-resolution VAE
+    latents of the masked clip, the same core function inference uses — not pooled full-size latents."""
+    from editctrl_core.adapters import GlobalContextEmbedder
+    from editctrl_core.context import global_input
+    from editctrl_core.scd import SCDModel
+    from editctrl_core.video_io import read_video
+    from training.data import ShapeRule, discover_clips
+
+    trainer = _trainer(tmp_path, data_dir, "editctrl_global")
+    m = trainer.module
+    m.prepare_stage(2)
+    seen: dict[str, list] = {"input": [], "mask": []}
+    forward, plan = GlobalContextEmbedder.forward, SCDModel.plan
+    monkeypatch.setattr(GlobalContextEmbedder, "forward",
+                        lambda self, x: seen["input"].append(x.detach().cpu()) or forward(self, x))
+    monkeypatch.setattr(SCDModel, "plan",
+                        lambda self, *a, **k: seen["mask"].append(k["edit_mask"].cpu()) or plan(self, *a, **k))
+    d = trainer.cfg.data
+    spec = discover_clips(Path(d.clips))[0]
+    frames, _ = ShapeRule(d.frames, d.height, d.width, d.frame_stride).apply(read_video(spec.path)[0])
+    sample = trainer.dataset[0]
+    assert sample.sample_id == spec.sample_id and sample.global_latents is not None
+    with torch.no_grad():
+        for k in range(2):
+            m.sample_loss(sample, k)
+    assert len(seen["input"]) == len(seen["mask"]) == 2
+    for x, edit in zip(seen["input"], seen["mask"]):
+        expected = global_input(trainer.base.vae, frames, edit)
+        assert x.shape == expected.shape and x.shape[2:] == (2, 2, 3)
+        torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
+        assert bool(x[0, -1].any())  # the drawn mask reaches the low-resolution mask channel

@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor
-from editctrl_core.context import DEFAULT_FPS
+from editctrl_core.context import DEFAULT_FPS, GlobalLatents, encode_global
 from editctrl_core.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
 from editctrl_core.text import TextConditioning
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from training.config import Config, DataConfig
 
 log = logging.getLogger("editctrl.training")
-CACHE_VERSION = 2  # 2: samples record the clip's frame rate (RoPE's time axis)
+CACHE_VERSION = 3  # 2: samples record the clip's frame rate (RoPE's time axis); 3: the global context's low-res latents
 TEXT_DTYPE = "bfloat16"  # what `load_text_encoder` computes real Gemma weights in (enters the encoder identity)
 HASH_PROGRESS_BYTES = 1 << 28  # show a progress bar when hashing weights larger than this
 
@@ -226,6 +226,8 @@ class Sample:
     qwen: torch.Tensor | None = None
     qwen_mask: torch.Tensor | None = None
     fps: float = DEFAULT_FPS
+    #: The global context's low-resolution latents of the clip (`editctrl_core.context.encode_global`).
+    global_latents: GlobalLatents | None = None
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -251,6 +253,10 @@ class Encoders:
         from editctrl_core.context import fill_latents
 
         return fill_latents(self.vae, shape)[0]
+
+    def encode_global(self, frames: torch.Tensor) -> GlobalLatents:
+        """The global context's low-resolution latents of a clip [F,H,W,3] (what inference's edit context uses)."""
+        return encode_global(self.vae, frames)
 
 
 def _sha256_file(path: Path) -> str:
@@ -510,6 +516,8 @@ def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache
         except (ValueError, GeometryError, OSError) as exc:
             raise DataError(f"{spec.path}: {exc}") from exc
         tensors = {"latents": encoders.encode_frames(frames), "fill": encoders.fill_latents(tuple(frames.shape[:3]))}
+        low = encoders.encode_global(frames)
+        tensors |= {"global_latents": low.latents[0], "global_fill": low.fill[0].clone(), "global_index": low.frame_index}
         if spec.target is not None:
             target, _ = read_video(spec.target)
             target, _ = rule.apply(target)
@@ -549,6 +557,9 @@ def load_sample(path: Path, qwen_dir: str | Path | None = None) -> Sample:
     sample = Sample(meta.get("sample_id", path.stem), t["latents"].float(), t.get("target", t["latents"]).float(),
                     t["text_embeds"].float(), t["text_mask"].long(), meta.get("caption", ""),
                     t["fill"].float() if "fill" in t else None, fps=float(meta.get("fps", DEFAULT_FPS)))
+    if "global_latents" in t:
+        sample.global_latents = GlobalLatents(t["global_latents"].float()[None], t["global_fill"].float()[None],
+                                              t["global_index"].long())
     if qwen_dir is not None:
         sample.qwen, sample.qwen_mask = load_qwen_features(Path(qwen_dir), sample.sample_id)
     return sample

@@ -6,7 +6,9 @@ One loss for every stage (what differs is which parameters train):
    latent frame with probability ``context_frame_ratio``): context frames stay unmasked in the encoder input and get
    no loss.
 2. Background = source latents with the edit tokens replaced by the latents of a grey clip (what ``prepare_edit``
-   feeds the encoder at inference, where masked pixels are filled with grey before VAE encoding).
+   feeds the encoder at inference, where masked pixels are filled with grey before VAE encoding). A global context
+   embedder gets the clip's cached low-resolution latents blanked by the same mask
+   (``GlobalLatents.input``, the function inference's ``EditContext.global_input`` calls).
 3. Encoder (blocks ``[0,k)``) at σ=0, frame-causal, output shifted one frame, plus ``encoder_noise``·N(0,1).
 4. Decoder (blocks ``[k,N)``) by token concat on the selected tokens — the dilated edit tokens (``masked``, as the
    sparse sampler runs) or every token of the non-context frames (``all``) — noised to σ (by default ltx-trainer's
@@ -414,7 +416,15 @@ class TrainModule(nn.Module):
         eps = torch.randn(x0.shape, generator=g).to(dev)
         s = sigma.to(dev)
         noisy = (1 - s) * x0 + s * eps
-        plan = self.scd.plan(idx, enc, grid, text, background=background, edit_mask=edit.to(dev), fps=sample.fps)
+        global_in = None
+        if self.global_context is not None:
+            if sample.global_latents is None:
+                raise ConfigError(f"sample {sample.sample_id} has no low-resolution global latents (a cache from "
+                                  "before they were added); re-run the precompute so the global context trains on "
+                                  "its inference input")
+            global_in = sample.global_latents.input(edit).to(dev)
+        plan = self.scd.plan(idx, enc, grid, text, background=background, edit_mask=edit.to(dev), fps=sample.fps,
+                             global_input=global_in)
         velocity = self.scd.decode(plan, noisy, s).float()
         loss = F.mse_loss(velocity, eps - x0)
         debug = {}

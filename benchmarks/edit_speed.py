@@ -48,6 +48,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -495,10 +496,9 @@ def job_native(spec: dict[str, Any]) -> dict[str, Any]:
 
     version = COMFY_VERSION
     version_file = Path(tree) / "comfyui_version.py"
-    if version_file.is_file():
-        scope: dict[str, Any] = {}
-        exec(compile(version_file.read_text(), str(version_file), "exec"), scope)  # noqa: S102 - ComfyUI's own file
-        version = scope.get("__version__", version)
+    if version_file.is_file():  # read, not executed: the file is one `__version__ = "x.y.z"` line
+        found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", version_file.read_text())
+        version = found.group(1) if found else version
     dtype = model_dtype(device)
     ops = comfy.ops.pick_operations(dtype, None, load_device=device)
     cfg = native_config(spec["preset"])

@@ -77,8 +77,9 @@ class MaskFile:
 
 
 def comfy_dir() -> Path:
-    """The ComfyUI tree: $COMFYUI_DIR, else .cache/comfyui (made by scripts/setup.sh)."""
-    d = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".cache" / "comfyui")
+    """The ComfyUI tree: $COMFYUI_DIR, else <cache>/comfyui made by scripts/setup.sh (cache: $EDITCTRL_CACHE or
+    .cache, as setup.sh chooses it)."""
+    d = Path(os.environ.get("COMFYUI_DIR") or Path(os.environ.get("EDITCTRL_CACHE") or ROOT / ".cache") / "comfyui")
     if not (d / "main.py").is_file():
         sys.exit(f"error: no ComfyUI at {d}: run scripts/setup.sh first")
     return d

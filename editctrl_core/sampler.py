@@ -39,7 +39,12 @@ StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class SamplerSettings:
-    """User-facing sampling options (defaults follow the seed's inference settings)."""
+    """User-facing sampling options (defaults follow the seed's inference settings).
+
+    ``background_refresh`` (`training_free` only): how many steps run the whole clip two-way, as ``full`` does, and
+    re-record the background's keys/values for the one-way steps after them (0: the background never sees the edit,
+    the mask-local cost; each refresh costs one ``full`` step; ``steps`` or more: the ``full`` edit itself).
+    """
 
     steps: int = 30
     seed: int = 0
@@ -56,6 +61,7 @@ class SamplerSettings:
     scheduler: str = "ltx2"
     sigmas: torch.Tensor | None = None
     guidance_rescale: float = DEFAULT_RESCALE
+    background_refresh: int = 0
 
     def validate(self) -> None:
         """Raise with a clear message for out-of-range or non-finite options."""
@@ -93,6 +99,10 @@ class SamplerSettings:
                              "with EditModel.resolve_mode first)")
         if self.compile and not self.fast:
             raise ValueError("compile applies to the fast decoder: turn fast on or compile off")
+        if self.background_refresh < 0:
+            raise ValueError(f"background_refresh must be >= 0 (0 = never); got {self.background_refresh}")
+        if self.background_refresh and self.mode == "training_free" and not self.fast:
+            raise ValueError("background_refresh runs on the fast mask-local path: turn fast on or set it to 0")
 
 
 @dataclass
@@ -123,6 +133,15 @@ class EditResult:
     def composite(self, edited: torch.Tensor, source: torch.Tensor, feather_px: float) -> torch.Tensor:
         """Frames at the clip's size [F,H,W,3] pasted into the source by the edit's own mask (every region)."""
         return composite(edited, source, self.mask, feather_px)
+
+
+def refresh_steps(steps: int, refreshes: int) -> set[int]:
+    """The steps at which `training_free` runs the whole clip two-way and re-records the background (see
+    ``SamplerSettings.background_refresh``): `refreshes` of them evenly spaced after step 0 (whose edit tokens are
+    pure noise), every step when `refreshes` >= `steps` (= the ``full`` mode)."""
+    if refreshes >= steps:
+        return set(range(steps))
+    return {(i + 1) * steps // (refreshes + 1) for i in range(refreshes)}
 
 
 def edit_sigmas(settings: SamplerSettings, num_tokens: int) -> torch.Tensor:
@@ -228,13 +247,17 @@ def _step_function(scd: SCDModel, plan, settings: SamplerSettings, fast: bool, e
     return lambda x, sigma: scd.decode(plan, x, sigma)
 
 
-def _counted(step: StepFunction, first: torch.Tensor | None, owner) -> StepFunction:
+def _counted(step: StepFunction, first: torch.Tensor | None, owner, refresh: StepFunction | None = None
+             ) -> StepFunction:
     """Count decoder calls on `owner`; a fresh capture's warm-up output (the step at the example inputs) answers the
-    first call instead of a replay."""
+    first call instead of a replay. ``counted(x, σ, True)`` runs `refresh` instead (see ``background_refresh``)."""
     pending = [first]
 
-    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def counted(x: torch.Tensor, sigma: torch.Tensor, refreshing: bool = False) -> torch.Tensor:
         owner.decoder_calls += 1
+        if refreshing:
+            pending[0] = None
+            return refresh(x, sigma)
         if pending[0] is not None:
             out, pending[0] = pending[0], None
             return out
@@ -329,9 +352,10 @@ def _pretrained_step(model: MaskLocalModel | FullModel, tokens: torch.Tensor, id
         if settings.fast:
             block_fn = compiled_video_block("inductor" if settings.compile is True else settings.compile) \
                 if settings.compile else video_block
-            fast = FastMaskLocal(model, plan, block_fn=block_fn, defer=True)
+            fast = FastMaskLocal(model, plan, block_fn=block_fn, defer=True,
+                                 refreshes=settings.background_refresh > 0)
             step, first = STEP_CACHE.prepare("training_free", fast, example, example[0].is_cuda)
-            return _counted(step, first, model)
+            return _counted(step, first, model, fast.refresh)
         step = lambda x, sigma: model.decode(plan, x, sigma)  # noqa: E731
     return _counted(step, None, model)
 
@@ -352,6 +376,8 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     fast_scd, fallback = choose_decoder(scd, settings)
     decoder = "fast" if fast_scd or (settings.fast and settings.mode == "training_free") else "reference"
     notes = [] if fallback is None else [fallback]
+    if settings.background_refresh and settings.mode != "training_free":
+        notes.append(f"background_refresh applies to the training_free mode only; the {settings.mode} edit ignored it")
     region_pixels = [region_on_grid(ctx, region, number) for number, region in enumerate(regions or [], start=1)]
     ctx = ctx.with_regions(region_pixels)
     grid = ctx.grid.shape
@@ -390,6 +416,12 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
     tokens = source.clone()
     total = settings.steps * len(windows)
     pending = dilated.flatten().clone()
+    refreshes = refresh_steps(settings.steps, settings.background_refresh) \
+        if settings.mode == "training_free" and settings.background_refresh else set()
+    if refreshes:
+        notes.append(f"background_refresh {settings.background_refresh}: step(s) "
+                     f"{', '.join(str(i + 1) for i in sorted(refreshes))} of {settings.steps} ran the whole clip "
+                     "two-way (each as costly as a full step)")
     for number, (first, end, positions) in enumerate(windows):
         idx = index[positions]
         noise = noise_all[:, idx.to(device)]
@@ -413,7 +445,8 @@ def sample_edit(scd: SCDModel, ctx: EditContext, positive: TextConditioning, neg
                                       _all_keep(positive, region_masks, negative, use_cfg, grid))
         for step in range(settings.steps):
             sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
-            velocity = decode(x.expand(batch, -1, -1), torch.full((batch,), sigma, device=device)).float()
+            args = (x.expand(batch, -1, -1), torch.full((batch,), sigma, device=device))
+            velocity = (decode(*args, True) if step in refreshes else decode(*args)).float()
             if use_cfg:
                 cond, uncond = velocity.chunk(2)
                 velocity = guide_velocity(cond, uncond, x, sigma, settings.cfg, settings.guidance_rescale)

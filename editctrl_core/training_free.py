@@ -21,6 +21,7 @@ from .fast_decode import (
     BlockKV,
     PrefixBuffer,
     PrefixStep,
+    SplitRope,
     block_text_kv,
     live_bias,
     prefix_pass,
@@ -126,9 +127,12 @@ class FastMaskLocal(PrefixStep):
     """``MaskLocalModel.decode`` with per-edit caches: the background's per-block self-attention keys/values and
     the prompt keys/values are computed once; each step runs every block on the edit tokens only."""
 
-    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block, defer: bool = False):
-        """Precompute the per-edit caches (``defer``: leave them to :meth:`build`, for a :class:`StepCache`)."""
+    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block, defer: bool = False,
+                 refreshes: bool = False):
+        """Precompute the per-edit caches (``defer``: leave them to :meth:`build`, for a :class:`StepCache`;
+        ``refreshes``: :meth:`refresh` will rewrite the prefix, so a cache must not hand this step to another edit)."""
         s = model.stack
+        self.reusable = not refreshes
         self.model, self.stack, self.plan, self.block_fn = model, s, plan, block_fn
         self.blocks = list(s.model.transformer_blocks)
         self.rope_type = self.blocks[0].attn1.rope_type
@@ -145,8 +149,6 @@ class FastMaskLocal(PrefixStep):
         self.built = False
         if not defer:
             self.build()
-
-    reusable = True
 
     def modules(self) -> list[torch.nn.Module]:
         """The modules whose weights the step reads."""
@@ -202,6 +204,47 @@ class FastMaskLocal(PrefixStep):
             hidden, _ = self.block_fn(block, hidden, time.temb, self.rope, self.rope_type, text[i],
                                       self.text_bias, prefix=self.prefix_kv[i], repeats=len(self.blocks) * STEPS_HINT)
         return s.head(hidden, time.embedded)
+
+    def refresh(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The step as ``full`` runs it — background and edit tokens together, attending both ways (the background
+        at σ=0) — returning the edit tokens' velocity and rewriting each block's prefix keys/values with the
+        background's from this pass, so the one-way steps after it see a background that has seen the edit."""
+        if not self.built:
+            self.build()
+        p = self.plan.background.shape[1]
+        if p == 0:
+            return self(x, sigma)
+        s, batch = self.stack, x.shape[0]
+        sigma = sigma.to(s.device, torch.float32)
+        sigma_tokens = torch.cat([sigma.new_zeros(batch, p), sigma[:, None].expand(batch, self.n)], dim=1)
+        time = s.time(sigma_tokens, sigma)
+        text = self.text_kv
+        if text is None:
+            text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
+        rope, bias = self._joint()
+        hidden = torch.cat([self.plan.background, s.model.proj_in(x.to(s.device, s.dtype))], dim=1)
+        for i, block in enumerate(self.blocks):
+            hidden, own = video_block(block, hidden, time.temb, rope, self.rope_type, text[i], bias, keep_kv=True)
+            self.prefix_kv[i].k[:, :, :p].copy_(own.k[:, :, :p])
+            self.prefix_kv[i].v[:, :, :p].copy_(own.v[:, :, :p])
+            del own
+        return s.head(hidden[:, p:], time.embedded[:, p:])
+
+    def _joint(self) -> tuple[Rope | SplitRope, torch.Tensor | None]:
+        """Rotary tables and prompt bias of [background; edit tokens], for :meth:`refresh` (once per edit)."""
+        if not hasattr(self, "_joint_inputs"):
+            background = split_rope(self.plan.background_rope, self.rope_type)
+            parts = [torch.cat(pair, dim=1) for pair in zip(background, self.rope)]
+            rope = SplitRope(*parts) if isinstance(self.rope, SplitRope) else tuple(parts)
+            biases = [self.background_bias, self.text_bias]
+            bias = None
+            if any(b is not None for b in biases):
+                rows = [self.plan.background.shape[1], self.n]
+                like = next(b for b in biases if b is not None)
+                bias = torch.cat([(like.new_zeros(()) if b is None else b).expand(self.batch, r, like.shape[-1])
+                                  for b, r in zip(biases, rows)], dim=1)
+            self._joint_inputs = (rope, bias)
+        return self._joint_inputs
 
 
 @dataclass

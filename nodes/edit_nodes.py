@@ -138,6 +138,11 @@ class EditCtrlSampler(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="GPU: fuse the decoder blocks with torch.compile (faster steps, large masks "
                                          "gain most). The first edit of a session compiles for about a minute."),
+                io.Int.Input("background_refresh", default=0, min=0, max=200, optional=True,
+                             tooltip="training_free only: this many steps (evenly spaced) run the whole clip as "
+                                     "'full' does, so the background sees the edit; the steps after them use it. "
+                                     "0 = mask-local cost; each refresh costs one full step; = steps: the full "
+                                     "edit."),
             ],
             outputs=[EditLatents.Output(display_name="latents", tooltip="The edited latents (for EditCtrl Decode).")],
         )
@@ -148,7 +153,7 @@ class EditCtrlSampler(io.ComfyNode):
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
                 regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
                 scheduler: str = AUTO, guidance_rescale: float = DEFAULT_RESCALE,
-                sigmas: torch.Tensor | None = None) -> io.NodeOutput:
+                sigmas: torch.Tensor | None = None, background_refresh: int = 0) -> io.NodeOutput:
         chosen, why = model.resolve_mode(mode)
         notes = [f"mode {chosen}: {why}"]
         schedule, schedule_why = resolve_scheduler(scheduler, source_metadata(model.source), model.source,
@@ -158,7 +163,8 @@ class EditCtrlSampler(io.ComfyNode):
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames,
                                    compile=compile and model.device.type == "cuda", mode=chosen,
-                                   scheduler=schedule, guidance_rescale=guidance_rescale, sigmas=sigmas)
+                                   scheduler=schedule, guidance_rescale=guidance_rescale, sigmas=sigmas,
+                                   background_refresh=background_refresh)
         try:
             settings.validate()
         except ValueError as exc:

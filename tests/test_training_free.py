@@ -247,3 +247,80 @@ def test_auto_picks_training_free_without_scd_weights_and_refuses_impossible_com
     with pytest.raises(ValueError, match="cannot use the local context adapter: EditCtrl adapters work with the "
                                          "SCD split only"):
         adapted.resolve_mode("full")
+
+
+# --- background_refresh: some steps run two-way as `full` and re-record the background --------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_refresh_step_is_the_full_step_and_rewrites_the_background(layout):
+    """A refresh returns `full`'s velocity at the edit tokens (same arithmetic up to the fast path's reordering:
+    the 3e-5 bound above) and leaves the prefix holding the background as `full` sees it, so the next one-way step
+    differs from the never-refreshed one; prompt biases per token (regions) are honoured on both sides."""
+    _, stack, tokens, index, background, x, text = _setup(layout)
+    keep = torch.ones(2, N, text.embeds.shape[1], dtype=torch.bool)
+    keep[:, background[::2], -2:] = False
+    free, full = MaskLocalModel(stack), FullModel(stack)
+    with torch.no_grad():
+        plan = free.plan(index, tokens, GRID, text, background_index=background, text_keep=keep[:, index],
+                         background_keep=keep[:, background])
+        fresh, refreshed = FastMaskLocal(free, plan), FastMaskLocal(free, plan, refreshes=True)
+        assert fresh.reusable and not refreshed.reusable
+        sigma = torch.full((2,), 0.6)
+        ref = full.decode(full.plan(index, tokens, GRID, text, text_keep=keep), x, sigma)
+        torch.testing.assert_close(refreshed.refresh(x, sigma), ref, atol=3e-5, rtol=1e-5)
+        later = torch.full((2,), 0.3)
+        one_way, after = fresh(x, later), refreshed(x, later)
+        assert (one_way - after).abs().max() > 1e-4, "the refreshed background must reach the edit tokens"
+        torch.testing.assert_close(refreshed.refresh(x, later),
+                                   full.decode(full.plan(index, tokens, GRID, text, text_keep=keep), x, later),
+                                   atol=3e-5, rtol=1e-5)
+
+
+def test_refresh_steps_are_evenly_spaced_after_the_first_and_every_step_at_most():
+    from editctrl_core.sampler import refresh_steps
+
+    assert refresh_steps(30, 0) == set()
+    assert refresh_steps(30, 1) == {15}
+    assert refresh_steps(30, 2) == {10, 20}
+    assert refresh_steps(30, 5) == {5, 10, 15, 20, 25}
+    assert refresh_steps(4, 4) == refresh_steps(4, 9) == {0, 1, 2, 3}
+    for steps in (1, 2, 7, 30):
+        for n in range(steps):
+            got = refresh_steps(steps, n)
+            assert len(got) == n and 0 not in got and max(got, default=0) < steps
+
+
+def test_refreshing_every_step_is_the_full_edit_and_the_source_stays_outside():
+    from editctrl_core.sampler import SamplerSettings, sample_edit
+
+    scd, ctx, positive, negative = _sampler_setup()
+    with torch.no_grad():  # away from the near-identity initialisation, so the background's view of the edit shows
+        for name, p in scd.stack.model.named_parameters():
+            if "scale_shift_table" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
+    common = dict(steps=3, seed=2, cfg=3.0, blend=None, dilation=0)  # dilated by 1, this mask covers the whole grid
+    full = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="full", **common))
+    every = sample_edit(scd, ctx, positive, negative,
+                        SamplerSettings(mode="training_free", background_refresh=3, **common))
+    torch.testing.assert_close(every.latents, full.latents, atol=1e-4, rtol=1e-4)
+    once = sample_edit(scd, ctx, positive, negative,
+                       SamplerSettings(mode="training_free", background_refresh=1, **common))
+    never = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="training_free", **common))
+    inside = once.edit_tokens[None, None].expand_as(ctx.source_latents)
+    assert torch.equal(once.latents[~inside], ctx.source_latents[~inside])
+    assert once.decoder_calls == never.decoder_calls == 3
+    assert (once.latents - never.latents).abs().max() > 1e-4
+    assert (once.latents - full.latents).abs().max() > 1e-5, "one refresh of three steps is not the full edit"
+    scd_run = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="full", background_refresh=2, **common))
+    assert any("background_refresh applies to the training_free mode only" in n for n in scd_run.notes)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(background_refresh=-1), "background_refresh must be >= 0"),
+    (dict(background_refresh=2, fast=False), "background_refresh runs on the fast mask-local path"),
+])
+def test_bad_background_refresh_is_refused(kwargs, message):
+    from editctrl_core.sampler import SamplerSettings
+
+    with pytest.raises(ValueError, match=message):
+        SamplerSettings(mode="training_free", **kwargs).validate()

@@ -549,6 +549,13 @@ class OracleSettings:
     cfg: float | None = None
     dilation: int = 1
     modes: tuple[str, ...] = ("full", "training_free")
+    #: extra `training_free` runs with that many two-way background refreshes (SamplerSettings.background_refresh)
+    refreshes: tuple[int, ...] = ()
+
+
+def refresh_name(refreshes: int) -> str:
+    """The oracle's row name of a `training_free` run with `refreshes` background refreshes."""
+    return f"training_free_refresh_{refreshes}"
 
 
 @torch.no_grad()
@@ -569,11 +576,11 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
     positive = text.encode([BACKGROUND_CAPTION])
     negative = text.encode([EMPTY_PROMPT])
     cfg = DEFAULT_CFG if settings.cfg is None else settings.cfg
-    rows = {m: {"latent": [], "pixel": []} for m in (*settings.modes, "grey_fill", "grey_fill_decoded",
-                                                      "vae_ceiling", "unedited")}
-    frames_out, seconds = [], {m: 0.0 for m in settings.modes}
+    runs = {**{m: (m, 0) for m in settings.modes}, **{refresh_name(k): ("training_free", k) for k in settings.refreshes}}
+    rows = {m: {"latent": [], "pixel": []} for m in (*runs, "grey_fill", "grey_fill_decoded", "vae_ceiling", "unedited")}
+    frames_out, seconds = [], {m: 0.0 for m in runs}
     clips = synthetic_clips([settings.seed + i for i in range(settings.clips)])
-    mask_share, edited_share = [], {m: [] for m in settings.modes}
+    mask_share, edited_share = [], {m: [] for m in runs}
     for i, clip in enumerate(clips):
         ctx = prepare_edit(vae, clip.frames, clip.mask)
         truth = encode_frames(vae, clip.background)
@@ -594,16 +601,16 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
         record("vae_ceiling", truth, decode_latents(vae, truth))
         record("unedited", ctx.source_latents, clip.frames)
         kept = {"source": clip.frames, "background": clip.background, "grey_fill": grey}
-        for mode in settings.modes:
+        for name, (mode, refreshes) in runs.items():
             t0 = time.time()
             out = sample_edit(scd, ctx, positive, negative if cfg != 1.0 else None,
                               SamplerSettings(steps=settings.steps, seed=settings.seed + i, cfg=cfg, mode=mode,
-                                              dilation=settings.dilation))
-            seconds[mode] += time.time() - t0
-            edited_share[mode].append(float(out.edit_tokens.float().mean()))
+                                              dilation=settings.dilation, background_refresh=refreshes))
+            seconds[name] += time.time() - t0
+            edited_share[name].append(float(out.edit_tokens.float().mean()))
             frames = decode_latents(vae, out.latents)
-            record(mode, out.latents, frames)
-            kept[mode] = frames
+            record(name, out.latents, frames)
+            kept[name] = frames
         if i < keep_frames:
             frames_out.append({**kept, "mask": clip.mask})
     summary = {}
@@ -626,6 +633,12 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
         result["training_free_vs_full_pixel"] = summary["training_free"]["pixel_mse"] / summary["full"]["pixel_mse"] - 1
         result["training_free_vs_full_latent"] = (summary["training_free"]["latent_mse"]
                                                   / summary["full"]["latent_mse"] - 1)
+    if "full" in settings.modes and settings.refreshes:
+        result["background_refresh"] = [
+            {"refreshes": k, "pixel_mse": summary[refresh_name(k)]["pixel_mse"],
+             "vs_full_pixel": summary[refresh_name(k)]["pixel_mse"] / summary["full"]["pixel_mse"] - 1,
+             "latent_mse": summary[refresh_name(k)]["latent_mse"],
+             "full_steps_of_cost": min(k, settings.steps)} for k in settings.refreshes]
     if keep_frames:
         result["frames"] = frames_out
     return result
@@ -692,7 +705,8 @@ def _oracle_summary(run: dict) -> dict:
     return {"dilation": run["dilation"], **{k: s[k]["pixel_mse"] for k in ("full", "training_free", "grey_fill")},
             "training_free_vs_full_pixel": run.get("training_free_vs_full_pixel"),
             "reduction_vs_grey_fill_pixel": {m: run[f"{m}_pixel_reduction_vs_grey"] for m in ("full", "training_free")},
-            "edited_token_share": run.get("edited_token_share")}
+            "edited_token_share": run.get("edited_token_share"),
+            "background_refresh": run.get("background_refresh")}
 
 
 def oracle_doc(report: dict) -> dict:
@@ -748,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-clips", type=int, default=OracleSettings.clips)
     parser.add_argument("--eval-steps", type=int, default=OracleSettings.steps)
     parser.add_argument("--dilation", type=int, default=OracleSettings.dilation)
+    parser.add_argument("--refresh", default="", help="comma-separated background_refresh counts to measure as well "
+                                                      "(training_free runs beside the plain one), e.g. 1,2,4")
     parser.add_argument("--cfg", type=float, default=None, help="default: the sampler's (3.0, rescale 0.7)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -764,12 +780,14 @@ def main(argv: list[str] | None = None) -> int:
                  VAESettings(synthetic_clips=args.vae_clips, finetune_steps=args.vae_steps, seed=args.seed),
                  BaseSettings(clips=args.clips, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
                               ema=args.ema, seed=args.seed),
-                 OracleSettings(clips=args.eval_clips, steps=args.eval_steps, cfg=args.cfg, dilation=args.dilation),
+                 OracleSettings(clips=args.eval_clips, steps=args.eval_steps, cfg=args.cfg, dilation=args.dilation,
+                                refreshes=tuple(int(k) for k in args.refresh.split(",") if k.strip())),
                  device=args.device)
-    s = report["oracle"]["summary"]
-    for name in ("full", "training_free", "grey_fill", "grey_fill_decoded", "vae_ceiling", "unedited"):
-        log.info("%-18s latent MSE %.4f  pixel MSE %.5f  PSNR %.2f dB", name, s[name]["latent_mse"],
-                 s[name]["pixel_mse"], s[name]["pixel_psnr"])
+    for run_report in (r for r in (report["oracle"], report["oracle_dilation_0"]) if r):
+        log.info("dilation %d:", run_report["dilation"])
+        for name, row in run_report["summary"].items():
+            log.info("  %-26s latent MSE %.4f  pixel MSE %.5f  PSNR %.2f dB", name, row["latent_mse"],
+                     row["pixel_mse"], row["pixel_psnr"])
     if args.doc:
         Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
         Path(args.doc).write_text(json.dumps(oracle_doc(report), indent=1) + "\n")

@@ -25,7 +25,7 @@ def write_demo_clip(input_dir: str) -> str | None:
     if os.environ.get("EDITCTRL_NO_DEMO_CLIP") == "1" or os.path.exists(path) or not os.path.isdir(input_dir):
         return None
     try:
-        from .editctrl_core.synthetic import write_demo_clip as write
+        from .editctrl_core.media.synthetic import write_demo_clip as write
 
         return str(write(path))
     except Exception as err:  # noqa: BLE001 - a missing demo clip must never stop the pack from loading

@@ -68,10 +68,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import editctrl_core.sampler  # noqa: E402,F401 - imported once here, inherited by every forked child
-import editctrl_core.text  # noqa: E402,F401
-from editctrl_core.masks import dilate_token_mask, token_mask_to_pixel_mask  # noqa: E402
-from editctrl_core.models import load_preset  # noqa: E402
+import editctrl_core.conditioning.text  # noqa: E402,F401
+import editctrl_core.edit.sampler  # noqa: E402,F401 - imported once here, inherited by every forked child
+from editctrl_core.edit.masks import dilate_token_mask, token_mask_to_pixel_mask  # noqa: E402
+from editctrl_core.loading.models import load_preset  # noqa: E402
 
 MASKS = (0.05, 0.10, 0.25, 0.50, 1.00)
 CFG_MASKS = (0.10, 1.00)
@@ -244,6 +244,19 @@ def sized_mask(grid: tuple[int, int, int], fraction: float, dilation: int = SAMP
 
 
 # ----------------------------------------------------------------------------------------------------- the product
+PRODUCT_MODULES = ("edit.sampler", "edit.scd", "edit.context", "edit.blend", "edit.geometry", "loading.models",
+                   "conditioning.text", "edit.guidance", "edit.masks", "media.vae", "edit.fast_decode",
+                   "edit.training_free")
+
+
+def _import_product(name: str):
+    """editctrl_core.<layer>.<module>, or editctrl_core.<module> in a 'before' copy older than the sub-packages."""
+    try:
+        return importlib.import_module(f"editctrl_core.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"editctrl_core.{name.rpartition('.')[2]}")
+
+
 def load_product(before: str | None) -> SimpleNamespace:
     """The editctrl_core modules the node calls; `before`: a folder holding an older copy of the package (the
     before/after comparison), imported instead of this checkout's (child processes only)."""
@@ -252,9 +265,7 @@ def load_product(before: str | None) -> SimpleNamespace:
         for name in [n for n in sys.modules if n == "editctrl_core" or n.startswith("editctrl_core.")]:
             del sys.modules[name]
         sys.path.insert(0, before)
-    mods = {name: importlib.import_module(f"editctrl_core.{name}")
-            for name in ("sampler", "scd", "context", "blend", "geometry", "models", "text", "guidance", "masks",
-                         "vae", "fast_decode", "training_free")}
+    mods = {name.rpartition(".")[2]: _import_product(name) for name in PRODUCT_MODULES}
     if before and not mods["sampler"].__file__.startswith(before):
         raise RuntimeError(f"the 'before' package was not imported from {before}")
     return SimpleNamespace(**mods)
@@ -1284,12 +1295,12 @@ NOTES = [
     "runs one small matmul, attention call and convolution at unrelated shapes (library start-up, timed in the "
     "first-calls section) — cuDNN's fused-attention engine is not among what that starts.",
     "- Warm reuses, per process, the encoder output, the prepared step's caches and its CUDA graph when the inputs "
-    "are equal by value and the weights, LoRA hooks and attention switches are unchanged (`editctrl_core.fast_decode."
+    "are equal by value and the weights, LoRA hooks and attention switches are unchanged (`editctrl_core.edit.fast_decode."
     "StepCache`/`EncoderCache`; `EDITCTRL_STEP_CACHE=0` turns it off). With a LoRA applied by the LoRA nodes (forward "
     "hooks made anew for each sampler run) or with EditCtrl adapters attached, every edit prepares afresh: its "
     "re-queued edit costs about the refill row plus a graph capture, not the warm row.",
     "- `setup` includes the boundary blender's pixel-space masks (computed on the CPU from the full-resolution mask "
-    "in `editctrl_core/blend.py`), listed apart as `blend`.",
+    "in `editctrl_core/edit/blend.py`), listed apart as `blend`.",
     "- Peak = the larger of the denoise peak and the transformer's weights plus the VAE's own encode/decode peak "
     "(the transformer stays resident while the VAE runs); the text encoder is freed before the transformer loads.",
     "- `× floor` = ms/step ÷ (the step's matmul + attention FLOPs counted on the meta device ÷ the measured bf16 "

@@ -11,7 +11,7 @@ work is not counted). Two configurations:
 For each mask fraction (5/10/25/50/100 % of the latent tokens, a compact blob in every latent frame) it reports the
 per-step FLOPs of ``SCDModel.decode`` with both adapters attached (and the share of the adapters), the ratio to the
 100 % mask and to one full-model step, the once-per-edit costs (SCD encoder, adapter plan), and the per-step FLOPs of
-the one-way-prefix cached decoder of :mod:`editctrl_core.fast_decode`. Writes ``docs/flops.json`` and
+the one-way-prefix cached decoder of :mod:`editctrl_core.edit.fast_decode`. Writes ``docs/flops.json`` and
 ``docs/flops.md``.
 
     .venv/bin/python benchmarks/flops.py            # both presets, writes docs/
@@ -36,18 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from editctrl_core.adapters import (  # noqa: E402
+from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder  # noqa: E402
+from editctrl_core.edit.adapters import (  # noqa: E402
     GlobalContextConfig,
     GlobalContextEmbedder,
     LocalContextConfig,
     LocalContextModule,
 )
-from editctrl_core.context import global_size, to_tokens  # noqa: E402
-from editctrl_core.fast_decode import FastDecoder  # noqa: E402
-from editctrl_core.models import Preset, build_transformer, build_vae, load_preset  # noqa: E402
-from editctrl_core.scd import SCDModel, SCDOptions  # noqa: E402
-from editctrl_core.text import TextConditioning, TinyTextEncoder  # noqa: E402
-from editctrl_core.vae_tiles import DEFAULT_HALO_TOKENS, edit_box, grow  # noqa: E402
+from editctrl_core.edit.context import global_size, to_tokens  # noqa: E402
+from editctrl_core.edit.fast_decode import FastDecoder  # noqa: E402
+from editctrl_core.edit.scd import SCDModel, SCDOptions  # noqa: E402
+from editctrl_core.loading.models import Preset, build_transformer, build_vae, load_preset  # noqa: E402
+from editctrl_core.media.vae_tiles import DEFAULT_HALO_TOKENS, edit_box, grow  # noqa: E402
 
 MASK_FRACTIONS = (0.05, 0.10, 0.25, 0.50, 1.00)
 STEPS = 30
@@ -281,7 +281,7 @@ module over the n selected tokens (its AdaLN recomputed at the step's σ) and th
 branches: the reference path, which recomputes the prefix every call. The mask is a compact blob covering the given
 fraction of every latent frame (the decoder's token count is the dilated mask; here the blob *is* that mask).
 
-*One-way cached step*: `editctrl_core.fast_decode.FastDecoder` (what the sampler runs) — the prefix's keys/values are
+*One-way cached step*: `editctrl_core.edit.fast_decode.FastDecoder` (what the sampler runs) — the prefix's keys/values are
 computed once per edit, so each step runs the decoder blocks on the n noisy tokens only. *Edit / baseline*: (encoder +
 plan [+ prefix pass] + 30 steps) ÷ 30 full-model steps.
 """

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .context import EditContext
-from .lora import LoraFile, apply_loras
-from .models import Preset
-from .scd import SCDModel
-from .scd_metadata import options_from_metadata
-from .text import TextConditioning
-from .text_encoders import check_text_width
+from .conditioning.text import TextConditioning
+from .conditioning.text_encoders import check_text_width
+from .edit.context import EditContext
+from .edit.scd import SCDModel
+from .loading.lora import LoraFile, apply_loras
+from .loading.models import Preset
+from .loading.scd_metadata import options_from_metadata
 
 log = logging.getLogger("editctrl")
 EDIT_MODES = ("auto", "scd", "training_free", "full")

@@ -1,5 +1,5 @@
 """Objects: Qwen-VL loading and grounding on keyframes, detections from JSON, object selection (thin nodes over
-`editctrl_core.qwen`, `detection`, `object_masks`); SAM silhouettes, mask algebra and TMA tokens live beside it."""
+`editctrl_core.perception.qwen`, `detection`, `object_masks`); SAM silhouettes, mask algebra and TMA tokens live beside it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..editctrl_core import qwen as qwen_core
-from ..editctrl_core.detection import (
+from ..editctrl_core.perception import qwen as qwen_core
+from ..editctrl_core.perception.detection import (
     ANSWER_EXAMPLE,
     PROMPT_MODES,
     SAVED_EXAMPLE,
@@ -25,7 +25,7 @@ from ..editctrl_core.detection import (
     parse_grounding_answer,
     to_frame_detections,
 )
-from ..editctrl_core.object_masks import (
+from ..editctrl_core.perception.object_masks import (
     cap_notice,
     cap_objects,
     object_tracks,

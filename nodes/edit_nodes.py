@@ -7,18 +7,18 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.checks import check_finite_tensor
-from ..editctrl_core.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
+from ..editctrl_core.conditioning.text import TextConditioning
+from ..editctrl_core.edit.blend import BLEND_MODES, BlendSettings, composite
+from ..editctrl_core.edit.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
+from ..editctrl_core.edit.geometry import GeometryError
+from ..editctrl_core.edit.guidance import DEFAULT_CFG, DEFAULT_RESCALE
+from ..editctrl_core.edit.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, edit_sigmas, sample_edit
+from ..editctrl_core.edit.schedules import AUTO, describe_sigmas, resolve_scheduler
 from ..editctrl_core.editmodel import EDIT_MODES, EditModel
-from ..editctrl_core.geometry import GeometryError
-from ..editctrl_core.guidance import DEFAULT_CFG, DEFAULT_RESCALE
-from ..editctrl_core.models import source_metadata
-from ..editctrl_core.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, edit_sigmas, sample_edit
-from ..editctrl_core.schedules import AUTO, describe_sigmas, resolve_scheduler
-from ..editctrl_core.text import TextConditioning
-from ..editctrl_core.vae import decode_latents
-from ..editctrl_core.vae_tiles import local_decode
+from ..editctrl_core.loading.models import source_metadata
+from ..editctrl_core.media.vae import decode_latents
+from ..editctrl_core.media.vae_tiles import local_decode
 from . import vram
 from .common import (
     CATEGORY,

@@ -8,9 +8,9 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..editctrl_core.adapters import AdapterLoadError, load_adapter, read_adapter_metadata
+from ..editctrl_core.edit.adapters import AdapterLoadError, load_adapter, read_adapter_metadata
 from ..editctrl_core.editmodel import EditModel
-from ..editctrl_core.lora import LoraError, apply_loras, read_lora
+from ..editctrl_core.loading.lora import LoraError, apply_loras, read_lora
 from .common import CATEGORY, EditModelType, notice
 
 NONE = "(none)"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..editctrl_core.object_masks import dilate_mask, mask_intersect, mask_subtract, mask_union
-from ..editctrl_core.preview import mask_overlay
+from ..editctrl_core.edit.preview import mask_overlay
+from ..editctrl_core.perception.object_masks import dilate_mask, mask_intersect, mask_subtract, mask_union
 from .common import CATEGORY
 
 MASK_OPS = ["none", "union", "intersect", "subtract"]

@@ -7,10 +7,10 @@ import logging
 import folder_paths
 from comfy_api.latest import io
 
+from ..editctrl_core.conditioning.text import TinyTextEncoder
+from ..editctrl_core.edit.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
 from ..editctrl_core.editmodel import EditModel
-from ..editctrl_core.models import list_presets, load_models, load_preset
-from ..editctrl_core.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
-from ..editctrl_core.text import TinyTextEncoder
+from ..editctrl_core.loading.models import list_presets, load_models, load_preset
 from . import vram
 from .common import (
     CATEGORY,

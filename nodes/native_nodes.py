@@ -1,6 +1,6 @@
 """Bridges between ComfyUI's native LTX-2 types (LATENT, CONDITIONING, MODEL) and the pack's own, so native nodes
 (VAE Encode/Decode, LTXV latent nodes, the LTX-2 text encoder, UNETLoader + LoraLoaderModelOnly, native samplers)
-and the EditCtrl sampler compose in one graph. Thin: every conversion is in `editctrl_core.native`."""
+and the EditCtrl sampler compose in one graph. Thin: every conversion is in `editctrl_core.loading.native`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core.context import EditContext
+from ..editctrl_core.conditioning.text import TextConditioning
+from ..editctrl_core.edit.context import EditContext
+from ..editctrl_core.edit.sampler import EditResult
+from ..editctrl_core.edit.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
 from ..editctrl_core.editmodel import EditModel
-from ..editctrl_core.lora import native_to_diffusers
-from ..editctrl_core.models import ModelLoadError, detect_preset, load_preset
-from ..editctrl_core.native import (
+from ..editctrl_core.loading.lora import native_to_diffusers
+from ..editctrl_core.loading.models import ModelLoadError, detect_preset, load_preset
+from ..editctrl_core.loading.native import (
     NativeFormatError,
     bind_parameters,
     diffusers_transformer_config,
@@ -29,9 +32,6 @@ from ..editctrl_core.native import (
     text_conditioning_from_native,
     token_mask_from_noise_mask,
 )
-from ..editctrl_core.sampler import EditResult
-from ..editctrl_core.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
-from ..editctrl_core.text import TextConditioning
 from . import vram
 from .common import CATEGORY, EditConditioning, EditContextType, EditLatents, EditModelType, EditVAE, notice
 

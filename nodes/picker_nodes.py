@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..editctrl_core.detection import (
+from ..editctrl_core.perception.detection import (
     Detections,
     DetectionsFormatError,
     clamp_box,
@@ -27,7 +27,7 @@ from ..editctrl_core.detection import (
     json_number,
     load_json,
 )
-from ..editctrl_core.object_masks import object_tracks, preview_detections
+from ..editctrl_core.perception.object_masks import object_tracks, preview_detections
 from .common import CATEGORY
 from .detection_nodes import DetectionsType, capped, check_images, describe_detections, frame_index, shown_text
 

@@ -1,4 +1,4 @@
-"""SAM / SAM2 / SAM3: loading and box → silhouette refinement over the clip (thin nodes over `editctrl_core.sam`)."""
+"""SAM / SAM2 / SAM3: loading and box → silhouette refinement over the clip (thin nodes over `editctrl_core.perception.sam`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import warnings
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core import sam as sam_core
-from ..editctrl_core.detection import (
+from ..editctrl_core.perception import sam as sam_core
+from ..editctrl_core.perception.detection import (
     Detections,
 )
-from ..editctrl_core.object_masks import (
+from ..editctrl_core.perception.object_masks import (
     scale_box,
     tracks_for,
     union_box_mask,

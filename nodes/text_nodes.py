@@ -10,8 +10,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core.text import TextConditioning
-from ..editctrl_core.text_encoders import LTXTextConditioning, list_text_presets, load_text_encoder
+from ..editctrl_core.conditioning.text import TextConditioning
+from ..editctrl_core.conditioning.text_encoders import LTXTextConditioning, list_text_presets, load_text_encoder
 from . import vram
 from .common import CATEGORY, EditConditioning, TextEncoder, pick_device
 

@@ -1,4 +1,4 @@
-"""TMA: Qwen-VL semantic tokens prepended to the text conditioning (a thin node over `editctrl_core.tma`)."""
+"""TMA: Qwen-VL semantic tokens prepended to the text conditioning (a thin node over `editctrl_core.perception.tma`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..editctrl_core import qwen as qwen_core
-from ..editctrl_core.text import TextConditioning
-from ..editctrl_core.tma import (
+from ..editctrl_core.conditioning.text import TextConditioning
+from ..editctrl_core.perception import qwen as qwen_core
+from ..editctrl_core.perception.tma import (
     TMAConfig,
     build_tma,
     load_tma,

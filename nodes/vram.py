@@ -58,9 +58,9 @@ class EditCtrlPatcher(ModelPatcher):
 
     def detach(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            from ..editctrl_core.fast_decode import clear_caches
+            from ..editctrl_core.edit.fast_decode import clear_caches
         except ImportError:  # vram.py loaded on its own (a test), with editctrl_core importable at the top level
-            from editctrl_core.fast_decode import clear_caches
+            from editctrl_core.edit.fast_decode import clear_caches
         clear_caches()
         return super().detach(*args, **kwargs)
 
@@ -150,7 +150,7 @@ def on_device(*modules: nn.Module, offload_after: bool = False) -> Iterator[None
 
 
 class ComfyManagedDevices:
-    """`editctrl_core.text_encoders.DeviceManager` backed by ComfyUI's model management."""
+    """`editctrl_core.conditioning.text_encoders.DeviceManager` backed by ComfyUI's model management."""
 
     def __init__(self, name: str = "text_encoder"):
         """`name` is what ComfyUI's loaded-model list and `/editctrl/vram` show."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from editctrl_core.synthetic import write_demo_clip  # noqa: E402
+from editctrl_core.media.synthetic import write_demo_clip  # noqa: E402
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def _grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from editctrl_core.models import load_models
+    from editctrl_core.loading.models import load_models
     from training.recipes.base_oracle import OracleSettings, run_oracle
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from editctrl_core.scd import SCDModel
+from editctrl_core.edit.scd import SCDModel
 
 
 def assert_checkpointing_keeps_gradients(scd: SCDModel, index: torch.Tensor, context: torch.Tensor,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
-from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.text import TextConditioning
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.loading.models import build_transformer, load_preset
 
 PRESET = load_preset("tiny")
 LAYOUTS = {

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from editctrl_core.adapters import (
+from editctrl_core.edit.adapters import (
     AdapterLoadError,
     GlobalContextConfig,
     GlobalContextEmbedder,

@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from editctrl_core.models import load_preset
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.loading.models import load_preset
 from training.recipes import base_oracle as bo
 
 

@@ -23,11 +23,11 @@ from benchmarks.edit_speed import (  # noqa: E402
     report,
     sized_mask,
 )
-from editctrl_core.blend import BlendSettings  # noqa: E402
-from editctrl_core.fast_decode import ENCODER_CACHE, STEP_CACHE  # noqa: E402
-from editctrl_core.models import build_transformer, load_preset  # noqa: E402
-from editctrl_core.sampler import SamplerSettings, sample_edit  # noqa: E402
-from editctrl_core.scd import SCDModel, SCDOptions  # noqa: E402
+from editctrl_core.edit.blend import BlendSettings  # noqa: E402
+from editctrl_core.edit.fast_decode import ENCODER_CACHE, STEP_CACHE  # noqa: E402
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit  # noqa: E402
+from editctrl_core.edit.scd import SCDModel, SCDOptions  # noqa: E402
+from editctrl_core.loading.models import build_transformer, load_preset  # noqa: E402
 
 RECORD_NUMBERS = ("mask_fraction", "ms_per_step", "setup_s", "denoise_s", "whole_edit_s")
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editctrl_core.blend import (
+from editctrl_core.edit.blend import (
     BlendSchedule,
     BlendSettings,
     BoundaryBlender,
@@ -22,7 +22,7 @@ from editctrl_core.blend import (
     renoise_alpha,
     scheduled_alpha,
 )
-from editctrl_core.masks import dilate_token_mask, pixel_mask_to_token_mask
+from editctrl_core.edit.masks import dilate_token_mask, pixel_mask_to_token_mask
 
 
 def _brute_distance(mask: torch.Tensor) -> torch.Tensor:

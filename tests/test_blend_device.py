@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from editctrl_core.blend import (
+from editctrl_core.edit.blend import (
     BLEND_MODES,
     BlendSettings,
     BoundaryBlender,
@@ -21,7 +21,7 @@ from editctrl_core.blend import (
     pixel_distance,
     renoise_alpha,
 )
-from editctrl_core.masks import token_mask_to_pixel_mask
+from editctrl_core.edit.masks import token_mask_to_pixel_mask
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 EPS32 = 2.0 ** -23  # float32 ulp of 1

@@ -31,8 +31,8 @@ import pytest
 from comfy_server import ComfyServer
 from PIL import Image
 
-from editctrl_core.detection import Detections
-from editctrl_core.object_masks import union_box_mask
+from editctrl_core.perception.detection import Detections
+from editctrl_core.perception.object_masks import union_box_mask
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

@@ -9,16 +9,16 @@ import pytest
 import torch
 from training_support import tiny_config
 
-from editctrl_core.context import EditContext
-from editctrl_core.fast_decode import ENCODER_CACHE, STEP_CACHE
-from editctrl_core.geometry import grid_for
-from editctrl_core.masks import token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, build_vae, load_preset
-from editctrl_core.sampler import SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.synthetic import make_clip
-from editctrl_core.text import TinyTextEncoder
-from editctrl_core.video_io import write_video
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.context import EditContext
+from editctrl_core.edit.fast_decode import ENCODER_CACHE, STEP_CACHE
+from editctrl_core.edit.geometry import grid_for
+from editctrl_core.edit.masks import token_mask_to_pixel_mask
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, build_vae, load_preset
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import write_video
 from training.data import CachedDataset, Encoders, ShapeRule, discover_clips, precompute
 
 PRESET = load_preset("tiny")

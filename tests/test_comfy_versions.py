@@ -21,7 +21,7 @@ import torch
 from comfy_server import ComfyServer, PromptRejected
 from PIL import Image
 
-from editctrl_core.video_io import write_video
+from editctrl_core.media.video_io import write_video
 
 #: Does core LoadVideo open a file outside the input folder?  (True: it opens it; False: refused at validation.)
 LOAD_VIDEO_OPENS_OUTSIDE_INPUT = {"0.3.75": True, "0.8.0": True}

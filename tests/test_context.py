@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from editctrl_core.checks import NonFiniteError
-from editctrl_core.context import conform, fill_latents, prepare_edit
-from editctrl_core.geometry import GeometryError, grid_for
-from editctrl_core.models import build_vae, load_preset
+from editctrl_core.edit.context import conform, fill_latents, prepare_edit
+from editctrl_core.edit.geometry import GeometryError, grid_for
+from editctrl_core.loading.models import build_vae, load_preset
 
 
 def test_mismatched_mask_and_video_sizes_are_refused():

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import read_video, write_video
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "scripts" / "demo.py"

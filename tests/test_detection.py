@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from editctrl_core.detection import (
+from editctrl_core.perception.detection import (
     Detection,
     DetectionParseError,
     Detections,

@@ -27,8 +27,8 @@ SLACK_MIB = 128.0
 SCRIPT = r"""
 import json, re, sys, time
 import torch
-from editctrl_core.detection import Detections, parse_grounding_answer, to_frame_detections
-from editctrl_core.object_masks import (cap_notice, cap_objects, object_tracks, objects_to_masks, preview_detections,
+from editctrl_core.perception.detection import Detections, parse_grounding_answer, to_frame_detections
+from editctrl_core.perception.object_masks import (cap_notice, cap_objects, object_tracks, objects_to_masks, preview_detections,
                                         select_objects, union_box_mask)
 
 F, H, W = (int(v) for v in sys.argv[1:4])

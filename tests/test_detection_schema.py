@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editctrl_core.detection import (
+from editctrl_core.perception.detection import (
     ANSWER_EXAMPLE,
     MAX_JSON_CHARS,
     MAX_JSON_DEPTH,

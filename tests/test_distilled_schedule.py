@@ -17,21 +17,21 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from test_native_interop import _saved_latent, _source_nodes
 
-from editctrl_core.models import (
+from editctrl_core.edit.sampler import SCHEDULERS
+from editctrl_core.edit.schedules import (
+    AUTO,
+    DISTILLED_SIGMAS,
+    checkpoint_distilled,
+    ltx2_sigmas,
+    resolve_scheduler,
+)
+from editctrl_core.loading.models import (
     build_transformer,
     build_vae,
     load_models,
     load_preset,
     save_transformer_official,
     source_metadata,
-)
-from editctrl_core.sampler import SCHEDULERS
-from editctrl_core.schedules import (
-    AUTO,
-    DISTILLED_SIGMAS,
-    checkpoint_distilled,
-    ltx2_sigmas,
-    resolve_scheduler,
 )
 
 PRESET = load_preset("tiny")
@@ -187,7 +187,7 @@ def test_scheduler_input_offers_auto_by_default(comfy_server: ComfyServer) -> No
 
 @pytest.mark.parametrize("name", ["ltx2", "distilled", "linear"])
 def test_every_named_schedule_is_one_the_sampler_knows(name: str) -> None:
-    from editctrl_core.sampler import SamplerSettings
+    from editctrl_core.edit.sampler import SamplerSettings
 
     steps = len(DISTILLED_SIGMAS) - 1 if name == "distilled" else 4
     SamplerSettings(steps=steps, mode="training_free", scheduler=resolve_scheduler(name)[0]).validate()

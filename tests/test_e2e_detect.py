@@ -14,13 +14,13 @@ import torch
 from comfy_server import ComfyServer, PromptRejected
 from PIL import Image
 
-from editctrl_core.blend import feather_mask
-from editctrl_core.detection import Detection, Detections
-from editctrl_core.object_masks import dilate_mask, objects_to_masks
-from editctrl_core.qwen import tiny_qwen_vl
-from editctrl_core.sam import tiny_sam
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import read_video, write_video
+from editctrl_core.edit.blend import feather_mask
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import read_video, write_video
+from editctrl_core.perception.detection import Detection, Detections
+from editctrl_core.perception.object_masks import dilate_mask, objects_to_masks
+from editctrl_core.perception.qwen import tiny_qwen_vl
+from editctrl_core.perception.sam import tiny_sam
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "graphs" / "detect_sam_edit.api.json"

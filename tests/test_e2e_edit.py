@@ -13,9 +13,9 @@ import torch
 from comfy_server import ComfyServer, PromptRejected
 from PIL import Image
 
-from editctrl_core.blend import feather_mask
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import read_video, write_video
+from editctrl_core.edit.blend import feather_mask
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
@@ -308,7 +308,7 @@ def test_region_mask_of_another_size_is_refused(comfy_server: ComfyServer, demo_
 def test_loader_reads_checkpoint_files_from_model_folders(comfy_server: ComfyServer, demo_clip: Path) -> None:
     from safetensors.torch import save_file
 
-    from editctrl_core.models import build_transformer, build_vae, load_preset, save_transformer_official
+    from editctrl_core.loading.models import build_transformer, build_vae, load_preset, save_transformer_official
 
     preset = load_preset("tiny")
     ckpt_dir = comfy_server.models_dir / "checkpoints"
@@ -332,7 +332,7 @@ def test_loader_reads_checkpoint_files_from_model_folders(comfy_server: ComfySer
 def test_split_transformer_file_with_separate_vae(comfy_server: ComfyServer, demo_clip: Path) -> None:
     from safetensors.torch import save_file
 
-    from editctrl_core.models import build_transformer, build_vae, load_preset, save_transformer_official
+    from editctrl_core.loading.models import build_transformer, build_vae, load_preset, save_transformer_official
 
     preset = load_preset("tiny")
     (comfy_server.models_dir / "diffusion_models").mkdir(parents=True, exist_ok=True)

@@ -5,16 +5,21 @@ import torch
 import torch.nn.functional as F
 from checkpoint_support import assert_checkpointing_keeps_gradients
 
-from editctrl_core import adapters
-from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
-from editctrl_core.context import EditContext, global_input, prepare_edit
-from editctrl_core.geometry import grid_for
-from editctrl_core.masks import dilate_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, build_vae, load_preset
-from editctrl_core.sampler import SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TinyTextEncoder
-from editctrl_core.vae import encode_frames
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit import adapters
+from editctrl_core.edit.adapters import (
+    GlobalContextConfig,
+    GlobalContextEmbedder,
+    LocalContextConfig,
+    LocalContextModule,
+)
+from editctrl_core.edit.context import EditContext, global_input, prepare_edit
+from editctrl_core.edit.geometry import grid_for
+from editctrl_core.edit.masks import dilate_token_mask, token_mask_to_pixel_mask
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, build_vae, load_preset
+from editctrl_core.media.vae import encode_frames
 
 PRESET = load_preset("tiny")
 INNER = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]

@@ -9,12 +9,12 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from layout_support import PRESET, layout_transformer
 
-from editctrl_core.context import prepare_edit
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.edit.context import prepare_edit
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
 from editctrl_core.editmodel import EditModel
-from editctrl_core.models import build_vae
-from editctrl_core.sampler import SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TextConditioning
+from editctrl_core.loading.models import build_vae
 
 CAPTION = 48  # LTX-2.0's caption projection input, chosen unlike the tiny width (32) so the layouts differ
 

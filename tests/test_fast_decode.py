@@ -7,13 +7,18 @@ import torch
 from checkpoint_support import assert_checkpointing_keeps_gradients
 from layout_support import LAYOUTS, layout_transformer, pipeline_forward, with_audio_embeds
 
-from editctrl_core.adapters import GlobalContextConfig, GlobalContextEmbedder, LocalContextConfig, LocalContextModule
-from editctrl_core.context import to_tokens
-from editctrl_core.fast_decode import FastDecoder, FastStack, fast_encode
-from editctrl_core.kv_cache import PrefixAttention
-from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions, one_way_prefix_bias
-from editctrl_core.text import TextConditioning, TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder, concat_conditionings
+from editctrl_core.edit.adapters import (
+    GlobalContextConfig,
+    GlobalContextEmbedder,
+    LocalContextConfig,
+    LocalContextModule,
+)
+from editctrl_core.edit.context import to_tokens
+from editctrl_core.edit.fast_decode import FastDecoder, FastStack, fast_encode
+from editctrl_core.edit.kv_cache import PrefixAttention
+from editctrl_core.edit.scd import SCDModel, SCDOptions, one_way_prefix_bias
+from editctrl_core.loading.models import build_transformer, load_preset
 
 PRESET = load_preset("tiny")
 INNER = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from editctrl_core.fp8 import (
+from editctrl_core.loading.fp8 import (
     FP8Linear,
     fp8_summary,
     has_fp8,
@@ -23,8 +23,8 @@ from editctrl_core.fp8 import (
     split_quantization,
     strict_load_fp8,
 )
-from editctrl_core.lora import LoraFile, LoraWeights, apply_loras
-from editctrl_core.models import (
+from editctrl_core.loading.lora import LoraFile, LoraWeights, apply_loras
+from editctrl_core.loading.models import (
     ModelLoadError,
     build_transformer,
     load_preset,
@@ -168,7 +168,7 @@ def test_fp8_errors_name_the_layer(tmp_path: Path) -> None:
 
 
 def test_fp8_gemma_text_encoder(tmp_path: Path) -> None:
-    from editctrl_core.text_encoders import (
+    from editctrl_core.conditioning.text_encoders import (
         LTXTextEncoder,
         build_connectors,
         build_gemma,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editctrl_core.blend import BlendSettings, composite, feather_mask
 from editctrl_core.checks import NonFiniteError
-from editctrl_core.context import prepare_edit
-from editctrl_core.models import build_transformer, build_vae, load_preset
-from editctrl_core.sampler import Region, SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TextConditioning, TinyTextEncoder
-from editctrl_core.vae import decode_latents
+from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder
+from editctrl_core.edit.blend import BlendSettings, composite, feather_mask
+from editctrl_core.edit.context import prepare_edit
+from editctrl_core.edit.sampler import Region, SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, build_vae, load_preset
+from editctrl_core.media.vae import decode_latents
 
 PRESET = load_preset("tiny")
 FEATHER = 4.0

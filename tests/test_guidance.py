@@ -7,9 +7,9 @@ import pytest
 import torch
 from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
 
-from editctrl_core.guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_denoised, guide_velocity
-from editctrl_core.sampler import SamplerSettings, edit_sigmas, flow_sigmas
-from editctrl_core.schedules import DISTILLED_SIGMAS, ltx2_sigmas
+from editctrl_core.edit.guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_denoised, guide_velocity
+from editctrl_core.edit.sampler import SamplerSettings, edit_sigmas, flow_sigmas
+from editctrl_core.edit.schedules import DISTILLED_SIGMAS, ltx2_sigmas
 
 
 def test_defaults_are_the_official_video_guidance():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from comfy_server import ComfyServer
 
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import read_video, write_video
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"

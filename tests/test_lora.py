@@ -16,7 +16,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from editctrl_core.lora import (
+from editctrl_core.loading.lora import (
     LoraFile,
     LoraFormatError,
     LoraMismatchError,
@@ -385,9 +385,9 @@ def test_save_rejects_reserved_metadata_and_prefixed_names(base, tmp_path):
 
 
 def test_lora_metadata_selects_the_scd_prefix_it_was_trained_with(base, tmp_path):
+    from editctrl_core.edit.scd import SCDModel, SCDOptions
     from editctrl_core.editmodel import EditModel
-    from editctrl_core.models import load_preset
-    from editctrl_core.scd import SCDModel, SCDOptions
+    from editctrl_core.loading.models import load_preset
 
     model = EditModel(SCDModel(base, SCDOptions(split_layer=1)), load_preset("tiny"), "memory")
     lora = random_lora(base, ["transformer_blocks.1.attn1.to_q"])

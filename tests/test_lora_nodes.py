@@ -14,10 +14,10 @@ from comfy_server import ComfyServer
 from PIL import Image
 from training_support import tiny_config
 
-from editctrl_core.adapters import load_adapter, save_adapter
-from editctrl_core.lora import LoraFile, LoraWeights, read_lora, save_lora
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import write_video
+from editctrl_core.edit.adapters import load_adapter, save_adapter
+from editctrl_core.loading.lora import LoraFile, LoraWeights, read_lora, save_lora
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import write_video
 from training.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

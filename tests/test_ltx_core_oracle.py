@@ -44,17 +44,17 @@ from ltx_core.text_encoders.gemma.embeddings_processor import EmbeddingsProcesso
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 from safetensors.torch import load_file, save_file
 
-from editctrl_core.lora import apply_loras, native_to_diffusers, read_lora
-from editctrl_core.models import load_models, load_preset, strict_load
-from editctrl_core.scd import LTX2Stack
-from editctrl_core.text import TextConditioning
-from editctrl_core.text_encoders import (
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.conditioning.text_encoders import (
     build_gemma,
     load_text_encoder,
     load_text_preset,
     save_gemma_comfy,
     tiny_tokenizer,
 )
+from editctrl_core.edit.scd import LTX2Stack
+from editctrl_core.loading.lora import apply_loras, native_to_diffusers, read_lora
+from editctrl_core.loading.models import load_models, load_preset, strict_load
 
 CPU = torch.device("cpu")
 TOL = 1e-5

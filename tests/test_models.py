@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from editctrl_core.models import (
+from editctrl_core.loading.models import (
     ModelLoadError,
     build_transformer,
     build_vae,
@@ -164,7 +164,7 @@ def test_ltx23_layout_official_file_loads_strictly_through_the_one_rename_table(
     from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
     from layout_support import LAYOUTS, layout_transformer
 
-    from editctrl_core.models import (
+    from editctrl_core.loading.models import (
         read_safetensors,
         read_safetensors_metadata,
         strict_load,

@@ -3,7 +3,7 @@
 
 Three levels:
 
-- conversions in `editctrl_core.native` (config table, latents, masks, conditioning) in plain Python, and our
+- conversions in `editctrl_core.loading.native` (config table, latents, masks, conditioning) in plain Python, and our
   official-layout files built by ltx-core from their own ``config`` metadata (2.0 and 2.3 blocks);
 - ComfyUI 0.8.0's own model code in a subprocess of its venv (`PROBE`): it loads our file from the metadata we
   write, its forward equals ours (video-only and audio+video), a LoRA saved by `save_lora` patches every layer
@@ -34,9 +34,10 @@ from conftest import comfy_install
 from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from editctrl_core.context import prepare_edit, to_tokens
-from editctrl_core.lora import LoraWeights, save_lora
-from editctrl_core.models import (
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.edit.context import prepare_edit, to_tokens
+from editctrl_core.loading.lora import LoraWeights, save_lora
+from editctrl_core.loading.models import (
     build_transformer,
     build_vae,
     load_models,
@@ -44,7 +45,7 @@ from editctrl_core.models import (
     save_transformer_official,
     save_vae_official,
 )
-from editctrl_core.native import (
+from editctrl_core.loading.native import (
     NativeFormatError,
     comfy_080_problems,
     comfy_080_vae_problems,
@@ -59,8 +60,7 @@ from editctrl_core.native import (
     text_conditioning_from_native,
     token_mask_from_noise_mask,
 )
-from editctrl_core.native import latent_grid as grid_of
-from editctrl_core.text import TextConditioning
+from editctrl_core.loading.native import latent_grid as grid_of
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = load_preset("tiny")
@@ -306,7 +306,7 @@ PROBE = textwrap.dedent('''
     out["lora_video"] = video_only(dm)
 
     from diffusers import LTX2VideoTransformer3DModel  # noqa: F401
-    from editctrl_core.native import bind_parameters, diffusers_view, shares_storage
+    from editctrl_core.loading.native import bind_parameters, diffusers_view, shares_storage
     config = json.loads(open(f"{work}/config.json").read())
     view = diffusers_view(dm, config)
     report["view"] = {"shares_storage": shares_storage(view, dm),
@@ -358,7 +358,7 @@ PROBE = textwrap.dedent('''
     import comfy.ops
     from comfy.ldm.lightricks.embeddings_connector import Embeddings1DConnector
     from comfy.text_encoders.lt import LTXAVTEModel
-    from editctrl_core.text_encoders import build_tiny_text_encoder, official_connector_state
+    from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder, official_connector_state
     enc = build_tiny_text_encoder(max_length=1024)  # ComfyUI pads the connectors to 1024 tokens (registers)
     hidden, mask = enc.hidden_states([PROMPT])
     real = hidden[:, mask[0].bool()]  # ComfyUI tokenizes one prompt without padding
@@ -476,7 +476,7 @@ def test_comfyui_builds_our_file_from_its_metadata_and_its_forward_matches_ours(
 def test_our_lora_patches_every_layer_of_comfyuis_model_like_our_hooks(comfy_probe: dict) -> None:
     """`comfy.sd.load_lora_for_models` (what LoraLoaderModelOnly runs) maps every key of a `save_lora` file onto
     the native model (no "lora key not loaded"), and the patched model computes what our hooks compute."""
-    from editctrl_core.lora import apply_loras, read_lora
+    from editctrl_core.loading.lora import apply_loras, read_lora
 
     report, out = comfy_probe["report"], comfy_probe["out"]
     assert report["lora"] == {"file_layers": 194, "patches": 194, "log": []}
@@ -505,7 +505,7 @@ def test_comfyuis_video_vae_from_our_config_metadata_encodes_and_decodes_like_ou
     encodes frames to our latents and decodes our latents to our frames (measured: bit-identical; both normalise
     with the same per-channel statistics and LTX-2's scaling factor is 1, so a LATENT needs no conversion). Its
     VAELoader reads no metadata and guesses a 19B-size layout, which does not fit."""
-    from editctrl_core.vae import decode_latents, encode_frames
+    from editctrl_core.media.vae import decode_latents, encode_frames
 
     out, inputs, vae = comfy_probe["out"], comfy_probe["inputs"], comfy_probe["vae"]
     torch.testing.assert_close(out["vae_latents"], encode_frames(vae, inputs["frames"]), rtol=0, atol=1e-5)
@@ -530,7 +530,7 @@ def test_comfyuis_ltx2_text_encoder_conditioning_converts_to_ours(comfy_probe: d
     hidden states with ComfyUI's own connector class holding our tiny connectors' weights, converted by
     `text_conditioning_from_native` it is our text encoder's conditioning (measured: 1.2e-5 of values ~3). The
     real encoder needs Gemma-3-12B (hard-coded: 3840 x 49 layers), whose weights are not on these machines."""
-    from editctrl_core.text_encoders import build_tiny_text_encoder
+    from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 
     context = comfy_probe["out"]["text_context"]
     assert context.shape == (1, 1024, 64)
@@ -768,7 +768,7 @@ def test_checkpoint_loader_builds_our_vae_from_its_metadata_and_native_vae_nodes
     import numpy as np
     from PIL import Image
 
-    from editctrl_core.vae import decode_latents, encode_frames
+    from editctrl_core.media.vae import decode_latents, encode_frames
 
     vae = native_vae(seed=4)
     name = "editctrl-native-tiny-128.safetensors"

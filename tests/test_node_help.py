@@ -30,7 +30,7 @@ def test_every_node_input_and_output_explains_itself(comfy_server: ComfyServer) 
 
 
 def test_loaders_default_to_the_first_real_model_in_their_folder(comfy_server: ComfyServer) -> None:
-    from editctrl_core.models import build_transformer, load_preset, save_transformer_official
+    from editctrl_core.loading.models import build_transformer, load_preset, save_transformer_official
 
     folder = comfy_server.models_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from editctrl_core.checks import NonFiniteError
-from editctrl_core.detection import Detection, Detections
-from editctrl_core.masks import pixel_mask_to_token_mask
-from editctrl_core.object_masks import (
+from editctrl_core.edit.masks import pixel_mask_to_token_mask
+from editctrl_core.perception.detection import Detection, Detections
+from editctrl_core.perception.object_masks import (
     MAX_OBJECTS,
     box_mask,
     cap_notice,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from editctrl_core.detection import Detection, Detections
-from editctrl_core.masks import pixel_mask_to_token_mask
-from editctrl_core.object_masks import dilate_mask, objects_to_masks
-from editctrl_core.qwen import hidden_states, tiny_qwen_vl
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import read_video, write_video
+from editctrl_core.edit.masks import pixel_mask_to_token_mask
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import read_video, write_video
+from editctrl_core.perception.detection import Detection, Detections
+from editctrl_core.perception.object_masks import dilate_mask, objects_to_masks
+from editctrl_core.perception.qwen import hidden_states, tiny_qwen_vl
 from training import compute_qwen_features, compute_semantic_masks
 from training.data import ShapeRule, load_qwen_features
 from training.masks import MaskSampler, MaskStrategyConfig, load_object_masks

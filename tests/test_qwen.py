@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from editctrl_core.detection import DetectionParseError, DetectionTruncatedWarning, parse_grounding_answer
-from editctrl_core.qwen import (
+from editctrl_core.perception.detection import DetectionParseError, DetectionTruncatedWarning, parse_grounding_answer
+from editctrl_core.perception.qwen import (
     HiddenStateCache,
     QwenLoadError,
     QwenVL,

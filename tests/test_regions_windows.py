@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from editctrl_core.blend import BlendSettings, feather_mask
-from editctrl_core.context import EditContext, prepare_edit, to_tokens
-from editctrl_core.geometry import grid_for
-from editctrl_core.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, build_vae, load_preset
-from editctrl_core.sampler import Region, SamplerSettings, region_text, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TinyTextEncoder
-from editctrl_core.vae import decode_latents
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.blend import BlendSettings, feather_mask
+from editctrl_core.edit.context import EditContext, prepare_edit, to_tokens
+from editctrl_core.edit.geometry import grid_for
+from editctrl_core.edit.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
+from editctrl_core.edit.sampler import Region, SamplerSettings, region_text, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, build_vae, load_preset
+from editctrl_core.media.vae import decode_latents
 
 PRESET = load_preset("tiny")
 GRID = (4, 4, 6)

@@ -100,7 +100,7 @@ def test_packed_zip_holds_what_a_user_needs_and_nothing_else(snapshot: Path, tmp
     print(f"packed zip: {size / 1e6:.2f} MB, {len(names)} files")
     assert size <= PACK_LIMIT, f"{size} bytes"
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
-                   "nodes/edit_nodes.py", "editctrl_core/sampler.py", "editctrl_core/presets/tiny.json",
+                   "nodes/edit_nodes.py", "editctrl_core/edit/sampler.py", "editctrl_core/presets/tiny.json",
                    "weights/editctrl_tiny.safetensors", "graphs/editctrl_demo.api.json"):
         assert needed in names, needed
     for folder in ("tests/", "training/", "benchmarks/", "docs/", ".ci/"):

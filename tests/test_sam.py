@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.object_masks import box_mask, dilate_mask
-from editctrl_core.sam import (
+from editctrl_core.perception.object_masks import box_mask, dilate_mask
+from editctrl_core.perception.sam import (
     SAM_FAMILIES,
     SamBundle,
     SamLoadError,

@@ -5,13 +5,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from editctrl_core.context import EditContext, to_tokens
-from editctrl_core.geometry import grid_for
-from editctrl_core.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.sampler import SamplerSettings, edit_token_index, flow_sigmas, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.context import EditContext, to_tokens
+from editctrl_core.edit.geometry import grid_for
+from editctrl_core.edit.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
+from editctrl_core.edit.sampler import SamplerSettings, edit_token_index, flow_sigmas, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, load_preset
 
 PRESET = load_preset("tiny")
 
@@ -142,7 +142,7 @@ def test_invalid_settings_raise():
 
 
 def test_renoised_blend_keeps_tokens_beyond_falloff_exact_and_softens_the_ring(parts):
-    from editctrl_core.blend import BlendSettings, renoise_alpha
+    from editctrl_core.edit.blend import BlendSettings, renoise_alpha
 
     model, pos, neg = parts
     tok = torch.zeros(3, 6, 8, dtype=torch.bool)
@@ -174,7 +174,7 @@ def _counting_reference(monkeypatch) -> list[int]:
 
 
 def test_unsupported_fast_configuration_runs_the_reference_and_says_why(parts, monkeypatch):
-    from editctrl_core.fast_decode import fast_decoder_unsupported
+    from editctrl_core.edit.fast_decode import fast_decoder_unsupported
 
     model, pos, _ = parts
     plain = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, concat=False))
@@ -191,7 +191,7 @@ def test_unsupported_fast_configuration_runs_the_reference_and_says_why(parts, m
 
 
 def test_supported_configuration_runs_the_fast_decoder_without_notes(parts, monkeypatch):
-    from editctrl_core.fast_decode import fast_decoder_unsupported
+    from editctrl_core.edit.fast_decode import fast_decoder_unsupported
 
     model, pos, _ = parts
     scd = _scd(model)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from layout_support import layout_transformer, pipeline_forward, with_audio_embeds
 
-from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions, default_split_layer, shift_one_frame
-from editctrl_core.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.edit.scd import SCDModel, SCDOptions, default_split_layer, shift_one_frame
+from editctrl_core.loading.models import build_transformer, load_preset
 
 GRID = (3, 2, 3)
 

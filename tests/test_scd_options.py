@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editctrl_core.context import to_tokens
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.context import to_tokens
+from editctrl_core.edit.scd import SCDModel, SCDOptions
 from editctrl_core.editmodel import EditModel
-from editctrl_core.lora import LoraFile
-from editctrl_core.models import build_transformer, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.scd_metadata import options_from_metadata, options_metadata
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.loading.lora import LoraFile
+from editctrl_core.loading.models import build_transformer, load_preset
+from editctrl_core.loading.scd_metadata import options_from_metadata, options_metadata
 
 PRESET = load_preset("tiny")
 GRID = (3, 2, 3)
@@ -91,7 +91,7 @@ def test_metadata_records_the_options_and_the_loader_follows_them(parts):
 
 
 def test_adapter_files_record_the_options_and_old_files_read_as_trained(tmp_path):
-    from editctrl_core.adapters import LocalContextConfig, LocalContextModule, read_adapter_metadata, save_adapter
+    from editctrl_core.edit.adapters import LocalContextConfig, LocalContextModule, read_adapter_metadata, save_adapter
 
     inner = PRESET.transformer["num_attention_heads"] * PRESET.transformer["attention_head_dim"]
     module = LocalContextModule(LocalContextConfig(in_channels=PRESET.transformer["in_channels"] + 1, width=16,

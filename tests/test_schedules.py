@@ -19,7 +19,7 @@ from diffusers.pipelines.ltx2 import utils as ltx2_utils
 from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
 from ltx_core.components.schedulers import LTX2Scheduler
 
-from editctrl_core.schedules import (
+from editctrl_core.edit.schedules import (
     DEFAULT_TOKENS,
     DISTILLED_SIGMAS,
     SIGMA_END_TOLERANCE,
@@ -186,7 +186,7 @@ def test_schedule_arguments_are_checked(kwargs: dict, message: str) -> None:
 
 def test_the_nodes_sigma_text_reads_back_exactly() -> None:
     """The sampler node lists the σ it ran as the shortest decimals that read back as the same float32 values."""
-    from editctrl_core.schedules import describe_sigmas
+    from editctrl_core.edit.schedules import describe_sigmas
 
     for sigmas in (ltx2_sigmas(8, 6144), ltx2_sigmas(3, 12, base_shift=0.5, max_shift=3.0, terminal=0.2),
                    torch.tensor(DISTILLED_SIGMAS)):

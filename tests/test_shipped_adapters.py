@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.adapters import (
+from editctrl_core.edit.adapters import (
     ADAPTER_CLASSES,
     AdapterLoadError,
     GlobalContextEmbedder,
     load_adapter,
     read_adapter_metadata,
 )
-from editctrl_core.context import prepare_edit
-from editctrl_core.models import build_transformer, build_vae, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions
+from editctrl_core.edit.context import prepare_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.models import build_transformer, build_vae, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {"local_context": "editctrl_tiny_local.safetensors", "global_context": "editctrl_tiny_global.safetensors"}

@@ -21,14 +21,14 @@ import torch
 from comfy_server import ComfyServer
 from test_native_interop import _saved_latent, _source_nodes, native_tiny
 
-from editctrl_core.blend import BlendSettings
-from editctrl_core.context import prepare_edit
-from editctrl_core.models import build_vae, load_models, load_preset, save_transformer_official
-from editctrl_core.native import our_latents
-from editctrl_core.sampler import SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.schedules import ltx2_sigmas
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.blend import BlendSettings
+from editctrl_core.edit.context import prepare_edit
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.edit.schedules import ltx2_sigmas
+from editctrl_core.loading.models import build_vae, load_models, load_preset, save_transformer_official
+from editctrl_core.loading.native import our_latents
 
 PRESET = load_preset("tiny")
 SIGMAS_FILE = "editctrl-sigmas-native-tiny.safetensors"

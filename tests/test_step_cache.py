@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from editctrl_core.fast_decode import module_signature
+from editctrl_core.edit.fast_decode import module_signature
 
 
 def test_module_signature_of_an_inference_mode_model_tracks_swapped_weights():

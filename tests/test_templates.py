@@ -23,7 +23,7 @@ from comfy_server import ComfyServer
 from PIL import Image
 from workflow_convert import convert
 
-from editctrl_core.video_io import read_video
+from editctrl_core.media.video_io import read_video
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = REPO / "example_workflows"

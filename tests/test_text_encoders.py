@@ -15,10 +15,7 @@ import torch
 from comfy_server import ComfyServer
 from safetensors.torch import load_file, save_file
 
-from editctrl_core.models import ModelLoadError, build_transformer, load_preset, save_transformer_official
-from editctrl_core.scd import LTX2Stack
-from editctrl_core.synthetic import make_clip
-from editctrl_core.text_encoders import (
+from editctrl_core.conditioning.text_encoders import (
     HFPromptTokenizer,
     LTXTextEncoder,
     PlainDevices,
@@ -32,7 +29,10 @@ from editctrl_core.text_encoders import (
     save_gemma_comfy,
     tiny_tokenizer,
 )
-from editctrl_core.video_io import write_video
+from editctrl_core.edit.scd import LTX2Stack
+from editctrl_core.loading.models import ModelLoadError, build_transformer, load_preset, save_transformer_official
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import write_video
 
 PROMPTS = ["a red disc on a table", "the empty textured background, no object"]
 TINY_SIZES = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -319,7 +319,7 @@ def test_loader_node_reads_files_from_comfyui_model_folders(comfy_server: ComfyS
 
 
 def test_width_check_tells_which_text_encoder_fits() -> None:
-    from editctrl_core.text_encoders import check_text_width
+    from editctrl_core.conditioning.text_encoders import check_text_width
 
     cond = build_tiny_text_encoder().encode(["x"])
     check_text_width(cond, load_preset("tiny").transformer)

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from editctrl_core.tma import (
+from editctrl_core.perception.tma import (
     AdapterLoadError,
     MetaQueryBank,
     TMAConfig,

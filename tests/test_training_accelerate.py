@@ -21,7 +21,7 @@ import yaml
 from comfy_server import free_port
 from training_support import REPO, tiny_config_dict
 
-from editctrl_core.lora import read_lora
+from editctrl_core.loading.lora import read_lora
 
 
 def _run(cmd: list[str], log: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.models import build_vae, load_preset
-from editctrl_core.synthetic import make_clip
-from editctrl_core.text import TinyTextEncoder
-from editctrl_core.video_io import write_video
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.loading.models import build_vae, load_preset
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import write_video
 from training.data import CachedDataset, DataError, Encoders, ShapeRule, discover_clips, precompute
 
 

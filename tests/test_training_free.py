@@ -20,10 +20,10 @@ import torch
 from layout_support import layout_transformer, pipeline_forward, with_audio_embeds
 from torch.utils.flop_counter import FlopCounterMode
 
-from editctrl_core.models import load_preset
-from editctrl_core.scd import MASK_BIAS, LTX2Stack
-from editctrl_core.text import TinyTextEncoder, concat_conditionings
-from editctrl_core.training_free import FastMaskLocal, FullModel, MaskLocalModel
+from editctrl_core.conditioning.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.edit.scd import MASK_BIAS, LTX2Stack
+from editctrl_core.edit.training_free import FastMaskLocal, FullModel, MaskLocalModel
+from editctrl_core.loading.models import load_preset
 
 PRESET = load_preset("tiny")
 CH = PRESET.transformer["in_channels"]
@@ -162,9 +162,9 @@ def test_a_step_costs_in_proportion_to_the_mask_and_the_background_is_computed_o
 # --- through the sampler (`sample_edit`, what the Edit Sampler node calls) and the mode resolution ---------------
 
 def _sampler_setup():
-    from editctrl_core.context import prepare_edit
-    from editctrl_core.models import build_transformer, build_vae
-    from editctrl_core.scd import SCDModel, SCDOptions
+    from editctrl_core.edit.context import prepare_edit
+    from editctrl_core.edit.scd import SCDModel, SCDOptions
+    from editctrl_core.loading.models import build_transformer, build_vae
 
     torch.manual_seed(0)
     scd = SCDModel(build_transformer(PRESET), SCDOptions(split_layer=PRESET.split_layer))
@@ -178,7 +178,7 @@ def _sampler_setup():
 @pytest.mark.parametrize("mode", ["training_free", "full"])
 @pytest.mark.parametrize("window_frames", [0, 1])
 def test_pretrained_modes_edit_inside_and_keep_the_source_outside(mode, window_frames):
-    from editctrl_core.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     scd, ctx, positive, negative = _sampler_setup()
     settings = SamplerSettings(steps=3, seed=2, cfg=3.0, mode=mode, window_frames=window_frames, blend=None)
@@ -197,7 +197,7 @@ def test_pretrained_modes_edit_inside_and_keep_the_source_outside(mode, window_f
 def test_cfg_negative_branch_of_training_free_is_the_negative_prompt_alone():
     """With CFG the background runs for each prompt: the guided velocity equals uncond + cfg·(cond − uncond) of two
     single-prompt runs."""
-    from editctrl_core.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     scd, ctx, positive, negative = _sampler_setup()
     cfg = 2.5
@@ -211,10 +211,10 @@ def test_cfg_negative_branch_of_training_free_is_the_negative_prompt_alone():
 
 
 def test_auto_picks_training_free_without_scd_weights_and_refuses_impossible_combinations(tmp_path):
-    from editctrl_core.adapters import LocalContextConfig, LocalContextModule
+    from editctrl_core.edit.adapters import LocalContextConfig, LocalContextModule
+    from editctrl_core.edit.scd import SCDModel, SCDOptions
     from editctrl_core.editmodel import EditModel
-    from editctrl_core.lora import read_lora, save_lora
-    from editctrl_core.scd import SCDModel, SCDOptions
+    from editctrl_core.loading.lora import read_lora, save_lora
 
     scd, *_ = _sampler_setup()
     model = EditModel(scd, PRESET, "memory")
@@ -277,7 +277,7 @@ def test_a_refresh_step_is_the_full_step_and_rewrites_the_background(layout):
 
 
 def test_refresh_steps_are_evenly_spaced_after_the_first_and_every_step_at_most():
-    from editctrl_core.sampler import refresh_steps
+    from editctrl_core.edit.sampler import refresh_steps
 
     assert refresh_steps(30, 0) == set()
     assert refresh_steps(30, 1) == {15}
@@ -291,7 +291,7 @@ def test_refresh_steps_are_evenly_spaced_after_the_first_and_every_step_at_most(
 
 
 def test_refreshing_every_step_is_the_full_edit_and_the_source_stays_outside():
-    from editctrl_core.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     scd, ctx, positive, negative = _sampler_setup()
     with torch.no_grad():  # away from the near-identity initialisation, so the background's view of the edit shows
@@ -320,7 +320,7 @@ def test_refreshing_every_step_is_the_full_edit_and_the_source_stays_outside():
     (dict(background_refresh=2, fast=False), "background_refresh runs on the fast mask-local path"),
 ])
 def test_bad_background_refresh_is_refused(kwargs, message):
-    from editctrl_core.sampler import SamplerSettings
+    from editctrl_core.edit.sampler import SamplerSettings
 
     with pytest.raises(ValueError, match=message):
         SamplerSettings(mode="training_free", **kwargs).validate()

@@ -44,9 +44,9 @@ from comfy_server import free_port
 from safetensors import safe_open
 from training_support import REPO, tiny_config, tiny_config_dict
 
-from editctrl_core.adapters import load_adapter
-from editctrl_core.lora import apply_loras, read_lora
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.edit.adapters import load_adapter
+from editctrl_core.loading.lora import apply_loras, read_lora
+from editctrl_core.loading.models import build_transformer, load_preset
 from training.config import ConfigError, TrainConfig
 from training.distributed import resolve_strategy
 from training.train import dry_run

@@ -12,8 +12,8 @@ from peft.tuners.lora import LoraLayer
 from PIL import Image
 from training_support import tiny_config
 
-from editctrl_core.lora import apply_loras, read_lora
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.loading.lora import apply_loras, read_lora
+from editctrl_core.loading.models import build_transformer, load_preset
 from training.config import ConfigError
 from training.train import Trainer
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from editctrl_core.adapters import load_adapter
-from editctrl_core.lora import read_lora
-from editctrl_core.models import load_models
+from editctrl_core.edit.adapters import load_adapter
+from editctrl_core.loading.lora import read_lora
+from editctrl_core.loading.models import load_models
 from training.recipes.tiny_synthetic import FILES, evaluate_removal
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

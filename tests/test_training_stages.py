@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from training_support import tiny_config
 
-from editctrl_core.masks import dilate_token_mask
+from editctrl_core.edit.masks import dilate_token_mask
 from training.train import Trainer
 
 STAGES = {
@@ -106,7 +106,12 @@ def test_samples_are_reproducible_per_index(tmp_path: Path, data_dir: Path) -> N
 def test_adapter_stages_build_editctrl_layout_modules(tmp_path: Path, data_dir: Path) -> None:
     """The global stage's embedder starts as a copy of the transformer's patch embedding (mask column zero); the
     local module reads x_t; the files the run writes are the current layout and load back for the sampler."""
-    from editctrl_core.adapters import GlobalContextEmbedder, LocalContextModule, load_adapter, read_adapter_metadata
+    from editctrl_core.edit.adapters import (
+        GlobalContextEmbedder,
+        LocalContextModule,
+        load_adapter,
+        read_adapter_metadata,
+    )
 
     trainer = _trainer(tmp_path, data_dir, "editctrl_global")
     m = trainer.module
@@ -128,10 +133,10 @@ def test_adapter_stages_build_editctrl_layout_modules(tmp_path: Path, data_dir: 
 def test_global_stage_trains_on_the_inference_global_input(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
     """The global stage's embedder gets `global_input(vae, clip frames, drawn edit mask)` — the low-resolution VAE
     latents of the masked clip, the same core function inference uses — not pooled full-size latents."""
-    from editctrl_core.adapters import GlobalContextEmbedder
-    from editctrl_core.context import global_input
-    from editctrl_core.scd import SCDModel
-    from editctrl_core.video_io import read_video
+    from editctrl_core.edit.adapters import GlobalContextEmbedder
+    from editctrl_core.edit.context import global_input
+    from editctrl_core.edit.scd import SCDModel
+    from editctrl_core.media.video_io import read_video
     from training.data import ShapeRule, discover_clips
 
     trainer = _trainer(tmp_path, data_dir, "editctrl_global")

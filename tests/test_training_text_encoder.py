@@ -25,7 +25,7 @@ from test_text_encoders import (  # the tiny Gemma / connector builders and the 
 )
 from training_support import tiny_config, tiny_config_dict
 
-from editctrl_core.text_encoders import LTXTextEncoder, load_text_encoder, save_gemma_comfy, tiny_tokenizer
+from editctrl_core.conditioning.text_encoders import LTXTextEncoder, load_text_encoder, save_gemma_comfy, tiny_tokenizer
 from training.config import ConfigError, config_from_dict
 from training.data import CachedTextEncoder, training_text_encoder
 from training.engine import load_base
@@ -168,8 +168,8 @@ def test_bad_text_encoder_settings_name_the_field(tmp_path: Path, encoders: dict
 
 
 def test_tiny_stays_the_builtin_encoder(tmp_path: Path) -> None:
-    from editctrl_core.models import load_preset
-    from editctrl_core.text import TinyTextEncoder
+    from editctrl_core.conditioning.text import TinyTextEncoder
+    from editctrl_core.loading.models import load_preset
 
     cfg = tiny_config(tmp_path, clips=1)
     _, enc = prepare_data(cfg, load_base(cfg), tmp_path / "run")

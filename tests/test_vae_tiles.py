@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from editctrl_core.models import build_vae, load_preset
-from editctrl_core.vae import decode_latents
-from editctrl_core.vae_tiles import (
+from editctrl_core.loading.models import build_vae, load_preset
+from editctrl_core.media.vae import decode_latents
+from editctrl_core.media.vae_tiles import (
     LatentBox,
     composite_local,
     edit_box,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from comfy_server import ComfyServer
 
-from editctrl_core.synthetic import make_clip
-from editctrl_core.video_io import write_video
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.video_io import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
@@ -135,8 +135,8 @@ def test_transformer_vae_and_fp8_models_through_comfy_model_management() -> None
     """In-process: our diffusers models (read-only `device` property) and an fp8 model under ComfyUI's bookkeeping."""
     import torch
 
-    from editctrl_core.fp8 import FP8Linear, quantize_fp8, strict_load_fp8
-    from editctrl_core.models import build_transformer, build_vae, load_preset
+    from editctrl_core.loading.fp8 import FP8Linear, quantize_fp8, strict_load_fp8
+    from editctrl_core.loading.models import build_transformer, build_vae, load_preset
 
     vram = _comfy_vram()
     import comfy.model_management as mm

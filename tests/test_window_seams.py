@@ -39,16 +39,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.adapters import load_adapter
-from editctrl_core.context import EditContext, prepare_edit
-from editctrl_core.lora import apply_loras, read_lora
-from editctrl_core.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import load_models
-from editctrl_core.sampler import SamplerSettings, sample_edit
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.scd_metadata import options_from_metadata
-from editctrl_core.synthetic import make_clip
-from editctrl_core.text import TinyTextEncoder
+from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.edit.adapters import load_adapter
+from editctrl_core.edit.context import EditContext, prepare_edit
+from editctrl_core.edit.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
+from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.lora import apply_loras, read_lora
+from editctrl_core.loading.models import load_models
+from editctrl_core.loading.scd_metadata import options_from_metadata
+from editctrl_core.media.synthetic import make_clip
 from training.recipes.tiny_synthetic import CAPTION, EVAL_SEED, FILES, HEIGHT, WIDTH
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from editctrl_core.models import build_transformer, load_preset
+from editctrl_core.loading.models import build_transformer, load_preset
 from training.config import config_from_dict
 from training.data import Sample
 from training.engine import BaseModels, TrainModule

@@ -2,8 +2,8 @@
 
 Layout in the output folder at step N (global optimiser step)::
 
-    lora_weights_step_0000N.safetensors       (ComfyUI-native keys, via editctrl_core.lora.save_lora)
-    local_context_step_0000N.safetensors      (when the run has one; editctrl_core.adapters.save_adapter)
+    lora_weights_step_0000N.safetensors       (ComfyUI-native keys, via editctrl_core.loading.lora.save_lora)
+    local_context_step_0000N.safetensors      (when the run has one; editctrl_core.edit.adapters.save_adapter)
     global_context_step_0000N.safetensors
     tma_step_0000N.safetensors
     state_step_0000N/                         trainable.safetensors, optimizer.safetensors, rng.safetensors,

@@ -3,7 +3,7 @@
 For every clip of ``--clips`` (``<id>.mp4`` + caption ``<id>.txt``): the clip goes through the training shape rule
 (`training.data.ShapeRule`: --frames, --frame-stride, --height/--width — keep them equal to the training config),
 then Qwen-VL reads K evenly spaced frames plus the editing template with the caption, exactly as the
-EditCtrl TMA node does at inference (`editctrl_core.qwen.hidden_states`). Output ``<out>/<id>.safetensors``:
+EditCtrl TMA node does at inference (`editctrl_core.perception.qwen.hidden_states`). Output ``<out>/<id>.safetensors``:
 ``hidden_states`` [L, hidden] (``--save-dtype``, bfloat16 by default) and ``attention_mask`` [L], with the model,
 caption, template and frame indices in the metadata — the layout `training.data.load_qwen_features` reads.
 Re-running skips finished samples (a changed caption, model or option recomputes); see `training.precompute`.
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from editctrl_core.qwen import EDIT_TEMPLATE, QwenVL, evenly_spaced, folder_fingerprint, hidden_states
-from editctrl_core.qwen import load_or_tiny as load_qwen
-from editctrl_core.video_io import read_video
+from editctrl_core.media.video_io import read_video
+from editctrl_core.perception.qwen import EDIT_TEMPLATE, QwenVL, evenly_spaced, folder_fingerprint, hidden_states
+from editctrl_core.perception.qwen import load_or_tiny as load_qwen
 
 from .cli import ArgumentParser, UsageError, run_cli
 from .precompute import (

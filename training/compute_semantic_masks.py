@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from editctrl_core.detection import (
+from editctrl_core.edit.masks import pixel_mask_to_token_mask
+from editctrl_core.media.video_io import read_video
+from editctrl_core.perception.detection import (
     PROMPT_MODES,
     DetectionParseError,
     Detections,
@@ -35,13 +37,11 @@ from editctrl_core.detection import (
     parse_grounding_answer,
     to_frame_detections,
 )
-from editctrl_core.masks import pixel_mask_to_token_mask
-from editctrl_core.object_masks import keyframe_boxes, object_tracks, objects_to_masks
-from editctrl_core.qwen import QwenVL, detect, evenly_spaced, folder_fingerprint
-from editctrl_core.qwen import load_or_tiny as load_qwen
-from editctrl_core.sam import SAM_FAMILIES, SamBundle, refine
-from editctrl_core.sam import load_or_tiny as load_sam
-from editctrl_core.video_io import read_video
+from editctrl_core.perception.object_masks import keyframe_boxes, object_tracks, objects_to_masks
+from editctrl_core.perception.qwen import QwenVL, detect, evenly_spaced, folder_fingerprint
+from editctrl_core.perception.qwen import load_or_tiny as load_qwen
+from editctrl_core.perception.sam import SAM_FAMILIES, SamBundle, refine
+from editctrl_core.perception.sam import load_or_tiny as load_sam
 
 from .cli import ArgumentParser, UsageError, run_cli
 from .data import ShapeRule

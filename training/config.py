@@ -298,7 +298,7 @@ def _one_of(value: str, options: tuple[str, ...] | list[str], path: str) -> None
 
 def _validate_text_encoder(d: DataConfig, m: ModelConfig) -> None:
     """data.text_encoder is 'tiny' or an existing Gemma file/folder; the fields that go with a path are consistent."""
-    from editctrl_core.text_encoders import list_text_presets
+    from editctrl_core.conditioning.text_encoders import list_text_presets
 
     _one_of(d.text_encoder_preset, ["auto", *list_text_presets()], "data.text_encoder_preset")
     _one_of(d.text_device, ("auto", "cpu", "cuda"), "data.text_device")
@@ -331,7 +331,7 @@ def _validate_text_encoder(d: DataConfig, m: ModelConfig) -> None:
 def validate(cfg: Config) -> Config:
     """Range/choice checks across the config; raises ConfigError naming the first bad field. Returns cfg."""
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.output
-    from editctrl_core.models import list_presets
+    from editctrl_core.loading.models import list_presets
 
     _one_of(m.preset, list_presets(), "model.preset")
     _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")

@@ -35,12 +35,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor
-from editctrl_core.context import DEFAULT_FPS, GlobalLatents, encode_global
-from editctrl_core.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
-from editctrl_core.text import TextConditioning
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.edit.context import DEFAULT_FPS, GlobalLatents, encode_global
+from editctrl_core.edit.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
 
 if TYPE_CHECKING:
-    from editctrl_core.text_encoders import LTXTextEncoder
+    from editctrl_core.conditioning.text_encoders import LTXTextEncoder
     from training.config import Config, DataConfig
 
 log = logging.getLogger("editctrl.training")
@@ -226,7 +226,7 @@ class Sample:
     qwen: torch.Tensor | None = None
     qwen_mask: torch.Tensor | None = None
     fps: float = DEFAULT_FPS
-    #: The global context's low-resolution latents of the clip (`editctrl_core.context.encode_global`).
+    #: The global context's low-resolution latents of the clip (`editctrl_core.edit.context.encode_global`).
     global_latents: GlobalLatents | None = None
 
     @property
@@ -244,13 +244,13 @@ class Encoders:
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames [F,H,W,3] → normalised latents [C,f,h,w]."""
-        from editctrl_core.vae import encode_frames
+        from editctrl_core.media.vae import encode_frames
 
         return encode_frames(self.vae, frames)[0].cpu()
 
     def fill_latents(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Latents [C,f,h,w] of an all-grey clip (the background fill of `prepare_edit`), per pixel shape."""
-        from editctrl_core.context import fill_latents
+        from editctrl_core.edit.context import fill_latents
 
         return fill_latents(self.vae, shape)[0]
 
@@ -357,8 +357,8 @@ def text_encoder_identity(d: DataConfig, connectors: Path | None, memo_file: Pat
 
 def load_gemma_text_encoder(d: DataConfig, connectors: Path | None, device: torch.device) -> LTXTextEncoder:
     """LTX-2's text encoder from the data config via the core loader; load errors name the config field."""
-    from editctrl_core.models import ModelLoadError
-    from editctrl_core.text_encoders import load_text_encoder
+    from editctrl_core.conditioning.text_encoders import load_text_encoder
+    from editctrl_core.loading.models import ModelLoadError
     from training.config import ConfigError
 
     try:
@@ -395,7 +395,7 @@ class CachedTextEncoder:
 
     def _check_width(self, cond: TextConditioning) -> None:
         """Raise ConfigError when the embeddings do not fit the transformer's caption width."""
-        from editctrl_core.text_encoders import check_text_width
+        from editctrl_core.conditioning.text_encoders import check_text_width
         from training.config import ConfigError
 
         if self.transformer_config is None:
@@ -465,7 +465,7 @@ def training_text_encoder(cfg: Config, preset: Any, transformer: torch.nn.Module
 
     d = cfg.data
     if d.text_encoder == "tiny":
-        from editctrl_core.text import TinyTextEncoder
+        from editctrl_core.conditioning.text import TinyTextEncoder
 
         width, want = (preset.text_encoder or {}).get("hidden_size"), preset.transformer["caption_channels"]
         if width != want:
@@ -497,7 +497,7 @@ def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache
     A text encoder with `prepare` (`CachedTextEncoder`) first encodes all captions of the clips to do, plus the empty
     prompt, in one load, and is freed before the VAE pass.
     """
-    from editctrl_core.video_io import read_video
+    from editctrl_core.media.video_io import read_video
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -611,9 +611,9 @@ def write_synthetic_clips(folder: str | Path, count: int, frames: int, height: i
     """Write synthetic clips (moving shape over texture) as mp4 + caption sidecars; optionally the object-removed
     target clip and per-sample object masks on the latent grid (for `masks.semantic_mask_dir`). Existing files
     are kept (idempotent)."""
-    from editctrl_core.masks import pixel_mask_to_token_mask
-    from editctrl_core.synthetic import make_clip
-    from editctrl_core.video_io import write_video
+    from editctrl_core.edit.masks import pixel_mask_to_token_mask
+    from editctrl_core.media.synthetic import make_clip
+    from editctrl_core.media.video_io import write_video
     from training.masks import save_object_masks
 
     folder = Path(folder)

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editctrl_core.masks import token_mask_to_pixel_mask
-from editctrl_core.preview import mask_overlay
-from editctrl_core.vae import decode_latents
+from editctrl_core.edit.masks import token_mask_to_pixel_mask
+from editctrl_core.edit.preview import mask_overlay
+from editctrl_core.media.vae import decode_latents
 
 COLUMNS = ("source", "masked input", "prediction", "target", "mask overlay")
 

@@ -27,7 +27,7 @@ from torch import nn
 from training.config import Config, ConfigError
 
 if TYPE_CHECKING:
-    from editctrl_core.lora import LoraFile
+    from editctrl_core.loading.lora import LoraFile
 
 log = logging.getLogger("editctrl.training")
 
@@ -205,7 +205,7 @@ def full_added_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_lora(transformer: nn.Module) -> LoraFile:
     """`lora_from_peft(transformer)` with sharded LoRA factors gathered (collective when sharded)."""
-    from editctrl_core.lora import lora_from_peft
+    from editctrl_core.loading.lora import lora_from_peft
 
     lora = lora_from_peft(transformer)
     layers = {name: dataclasses.replace(w, A=full_tensor(w.A), B=full_tensor(w.B)) for name, w in lora.layers.items()}

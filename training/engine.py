@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editctrl_core.adapters import (
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.edit.adapters import (
     AdapterLoadError,
     GlobalContextConfig,
     GlobalContextEmbedder,
@@ -39,13 +40,12 @@ from editctrl_core.adapters import (
     LocalContextModule,
     load_adapter,
 )
-from editctrl_core.context import from_tokens, to_tokens
-from editctrl_core.lora import LoraError, apply_loras, read_lora
-from editctrl_core.masks import dilate_token_mask
-from editctrl_core.models import ModelLoadError, Preset, build_transformer, build_vae, load_models, load_preset
-from editctrl_core.scd import SCDModel, SCDOptions
-from editctrl_core.text import TextConditioning
-from editctrl_core.tma import TMAConfig, TMAConnector, load_tma, prepend_semantic_tokens
+from editctrl_core.edit.context import from_tokens, to_tokens
+from editctrl_core.edit.masks import dilate_token_mask
+from editctrl_core.edit.scd import SCDModel, SCDOptions
+from editctrl_core.loading.lora import LoraError, apply_loras, read_lora
+from editctrl_core.loading.models import ModelLoadError, Preset, build_transformer, build_vae, load_models, load_preset
+from editctrl_core.perception.tma import TMAConfig, TMAConnector, load_tma, prepend_semantic_tokens
 from training.config import Config, ConfigError, StageConfig
 from training.data import Sample
 from training.masks import MaskSampler, MaskStrategyConfig
@@ -95,7 +95,7 @@ def load_base(cfg: Config, device: torch.device | str = "cpu", need_vae: bool = 
         transformer = build_transformer(preset, dtype=dtype, device=device)
         vae = build_vae(preset, device=device) if need_vae else None
         if m.vae_weights is not None and need_vae:
-            from editctrl_core.models import read_safetensors, strict_load, vae_state_from_checkpoint
+            from editctrl_core.loading.models import read_safetensors, strict_load, vae_state_from_checkpoint
 
             with config_field("model.vae_weights"):
                 vae = strict_load(build_vae(preset, empty=True),

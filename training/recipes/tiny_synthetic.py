@@ -2,7 +2,7 @@
 
     python -m training.recipes.tiny_synthetic --out weights/
 
-1. Synthetic clips (a disc or square moving over a drifting texture; `editctrl_core.synthetic`), each with its
+1. Synthetic clips (a disc or square moving over a drifting texture; `editctrl_core.media.synthetic`), each with its
    object-removed target clip, its object mask on the latent grid and the caption "the empty textured background,
    no object".
 2. Tiny VAE fit (reconstruction on random 9-frame 64x96 crops, then per-channel latent statistics): the seeded tiny
@@ -31,11 +31,17 @@ from pathlib import Path
 
 import torch
 
-from editctrl_core.context import prepare_edit, to_tokens
-from editctrl_core.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
-from editctrl_core.models import build_transformer, build_vae, load_models, load_preset, save_transformer_official
-from editctrl_core.synthetic import make_clip
-from editctrl_core.vae import decode_latents, encode_frames
+from editctrl_core.edit.context import prepare_edit, to_tokens
+from editctrl_core.edit.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
+from editctrl_core.loading.models import (
+    build_transformer,
+    build_vae,
+    load_models,
+    load_preset,
+    save_transformer_official,
+)
+from editctrl_core.media.synthetic import make_clip
+from editctrl_core.media.vae import decode_latents, encode_frames
 
 log = logging.getLogger("editctrl.training")
 CAPTION = "the empty textured background, no object"
@@ -116,10 +122,10 @@ def _edit_models(checkpoint: Path, weights: dict[str, Path] | None):
     """(SCDModel, VAE, text encoder, LoRA patch context) for the shipped checkpoint, trained or untrained."""
     import contextlib
 
-    from editctrl_core.adapters import load_adapter
-    from editctrl_core.lora import apply_loras, read_lora
-    from editctrl_core.scd import SCDModel, SCDOptions
-    from editctrl_core.text import TinyTextEncoder
+    from editctrl_core.conditioning.text import TinyTextEncoder
+    from editctrl_core.edit.adapters import load_adapter
+    from editctrl_core.edit.scd import SCDModel, SCDOptions
+    from editctrl_core.loading.lora import apply_loras, read_lora
 
     loaded = load_models(checkpoint, "auto")
     preset = loaded.preset
@@ -139,7 +145,7 @@ def evaluate_removal(weights_dir: str | Path, clips: int = 8, steps: int = 8, se
     background. Pixel space (reported): MSE inside the object's pixel mask between the decoded edit and the true
     background frames. Both models use the same (shipped) VAE, so the comparison isolates the transformer weights.
     """
-    from editctrl_core.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     torch.set_num_threads(1)
     weights_dir = Path(weights_dir)

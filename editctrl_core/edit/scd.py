@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 
+from ..conditioning.text import TextConditioning
+from ..loading.scd_metadata import PREFIX_MODES
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
 from .context import DEFAULT_FPS
 from .kv_cache import CachedSelfAttention, OneWayPrefixAttention, PrefixAttention, cached_self_attention, installed
-from .scd_metadata import PREFIX_MODES
-from .text import TextConditioning
 
 MASK_BIAS = -10000.0
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -387,7 +387,7 @@ class SCDModel:
         """Precompute the decoder's per-edit inputs for the selected token indices (flattened f*h*w order).
 
         `background` [1,C,f,h,w] (edit region blanked) and `edit_mask` [f,h,w] feed the local adapter,
-        `global_input` [1,C+1,f',h',w'] (:func:`editctrl_core.context.global_input`) the global one;
+        `global_input` [1,C+1,f',h',w'] (:func:`editctrl_core.edit.context.global_input`) the global one;
         `text_keep` [B,n,T] restricts which prompt tokens each selected token may attend to (multi-region); `fps` is
         the clip's frame rate (RoPE's time axis).
         """
@@ -415,7 +415,7 @@ class SCDModel:
             raise ValueError("the local context adapter needs the background latents and the edit mask")
         if self.global_context is not None and global_input is None:
             raise ValueError("the global context adapter needs its low-resolution input (global_input: "
-                             "editctrl_core.context.global_input, EditContext.global_input())")
+                             "editctrl_core.edit.context.global_input, EditContext.global_input())")
         if self.local is not None:
             plan.extras["local_tokens"] = local_context_tokens(background.to(s.device, torch.float32),
                                                                edit_mask.to(s.device), index, fill=None)

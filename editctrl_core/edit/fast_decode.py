@@ -1,4 +1,4 @@
-"""Fast SCD paths with per-edit caches: the same arithmetic as :class:`~editctrl_core.scd.SCDModel`, less repeated work.
+"""Fast SCD paths with per-edit caches: the same arithmetic as :class:`~editctrl_core.edit.scd.SCDModel`, less repeated work.
 
 What is cached once per edit (exact: none of it depends on the step):
 
@@ -36,9 +36,9 @@ from diffusers.models.activations import GELU
 from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..conditioning.text import TextConditioning
 from .adapters import LocalContextModule
 from .scd import DEFAULT_FPS, DecodePlan, LTX2Stack, SCDModel, TextContext, per_prompt, shift_one_frame
-from .text import TextConditioning
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 Branch = tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]

@@ -36,11 +36,11 @@ from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .fp8 import strict_load_fp8
-from .models import ModelLoadError
+from ..loading.fp8 import strict_load_fp8
+from ..loading.models import ModelLoadError
 from .text import TextConditioning
 
-TEXT_PRESET_DIR = Path(__file__).parent / "presets" / "text"
+TEXT_PRESET_DIR = Path(__file__).parents[1] / "presets" / "text"
 OFFICIAL_CONNECTOR_PREFIXES = (
     "text_embedding_projection.",
     "model.diffusion_model.video_embeddings_connector.",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_finite_value
+from ..checks import check_finite_value
 from .detection import Box, Detection, Detections
 from .qwen import frame_to_uint8
 

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError
-from .text import TextConditioning
+from ..conditioning.text import TextConditioning
+from ..edit.adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError
 
 ADAPTER_KIND = "tma"
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKLLTX2Video
 
-from .blend import composite
-from .geometry import SPATIAL_FACTOR
+from ..edit.blend import composite
+from ..edit.geometry import SPATIAL_FACTOR
 from .vae import decode_latents
 
 DEFAULT_HALO_TOKENS = 2

@@ -25,7 +25,7 @@ from .native import (
     vae_metadata,
 )
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parents[1] / "presets"
 OFFICIAL_TRANSFORMER_PREFIX = "model.diffusion_model."
 OFFICIAL_VAE_PREFIX = "vae."
 

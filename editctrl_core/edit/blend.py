@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_finite_tensor, check_finite_value
+from ..checks import check_finite_tensor, check_finite_value
 from .geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, check_frames, check_size
 
 BLEND_MODES = ("renoised", "distance", "pixel")

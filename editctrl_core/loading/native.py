@@ -9,7 +9,7 @@ Nothing here imports ComfyUI: the functions take and return tensors, dicts and m
   table between diffusers' `LTX2VideoTransformer3DModel` config and those names (the inverse is derived from it);
   `official_vae_config` writes the video VAE's block list (ComfyUI 0.8.0's `VideoVAE` additionally hard-codes 128
   base and latent channels, so the `tiny` preset's 16-channel VAE has no native form).
-- **Weight names.** `editctrl_core.lora.diffusers_to_native` / `native_to_diffusers` (one rename table, shared with
+- **Weight names.** `editctrl_core.loading.lora.diffusers_to_native` / `native_to_diffusers` (one rename table, shared with
   the LoRA files and the single-file loader).
 - **Latents.** Ours are ``(z − mean)·scaling_factor / std``; ComfyUI's LTX VAE normalises inside the VAE with the
   same per-channel statistics (``per_channel_statistics.mean-of-means`` / ``std-of-means`` are the weights our
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import LTX2VideoTransformer3DModel
 
-from .context import DEFAULT_FPS, EditContext, blank_background, fill_latents
-from .geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, LatentGrid, Padding
+from ..edit.context import DEFAULT_FPS, EditContext, blank_background, fill_latents
+from ..edit.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, LatentGrid, Padding
+from ..edit.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
 from .lora import diffusers_to_native, native_to_diffusers
-from .masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
 
 NATIVE_ONLY_ROOTS = ("video_embeddings_connector", "audio_embeddings_connector")
 """Official ``model.diffusion_model.*`` sub-modules that are not part of the transformer (the text connectors)."""
@@ -513,7 +513,7 @@ def join_native_context(video: torch.Tensor, audio: torch.Tensor | None) -> torc
 def text_conditioning_from_native(context: torch.Tensor, attention_mask: torch.Tensor | None = None,
                                   prompt: str = ""):
     """One CONDITIONING entry (tensor + its ``attention_mask``, if any) → our TextConditioning."""
-    from .text import TextConditioning
+    from ..conditioning.text import TextConditioning
 
     video, audio = split_native_context(context.float())
     b, t = video.shape[:2]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..conditioning.text import TextConditioning
 from .fast_decode import (
     STEPS_HINT,
     BlockKV,
@@ -31,7 +32,6 @@ from .fast_decode import (
 )
 from .kv_cache import PrefixAttention
 from .scd import DEFAULT_FPS, MASK_BIAS, LTX2Stack, TextContext
-from .text import TextConditioning
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..checks import NonFiniteError, check_finite_tensor, check_finite_value
+from ..conditioning.text import TextConditioning, concat_conditionings
 from .blend import BlendSettings, BoundaryBlender, composite
-from .checks import NonFiniteError, check_finite_tensor, check_finite_value
 from .context import EditContext, from_tokens, to_tokens
 from .fast_decode import (
     ENCODER_CACHE,
@@ -28,7 +29,6 @@ from .guidance import DEFAULT_CFG, DEFAULT_RESCALE, guide_velocity
 from .masks import dilate_token_mask, pixel_mask_to_token_mask
 from .scd import SCDModel, WindowEncoder
 from .schedules import DISTILLED_SIGMAS, check_sigmas, ltx2_sigmas
-from .text import TextConditioning, concat_conditionings
 from .training_free import FastMaskLocal, FullModel, MaskLocalModel
 
 SAMPLER_MODES = ("scd", "training_free", "full")

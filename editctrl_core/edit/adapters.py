@@ -12,7 +12,7 @@
   not depend on LTX's rope layout (split/interleaved) or head count.
 - :class:`GlobalContextEmbedder` reads EditCtrl's global input: VAE latents of ~8 frames of the masked clip at
   low resolution (9 frames, ~256 px on the long side, edit region blanked to grey, plus the edit-mask channel;
-  built by :func:`editctrl_core.context.global_input`), average-pooled only when they exceed ``max_tokens``
+  built by :func:`editctrl_core.edit.context.global_input`), average-pooled only when they exceed ``max_tokens``
   tokens (see :meth:`GlobalContextEmbedder.pool`), and embeds them with a copy of the base model's patch
   embedding (``proj_in``, see
   :meth:`GlobalContextEmbedder.copy_patch_embedding`), as EditCtrl does; the mask channel's column starts at
@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .scd_metadata import options_from_metadata
+from ..loading.scd_metadata import options_from_metadata
 
 FORMAT_NAME = "editctrl-adapter"
 FORMAT_VERSION = 1
@@ -459,7 +459,7 @@ class GlobalContextEmbedder(nn.Module):
     branch per target block.
 
     ``forward(global_input [B,C+1,f',h',w']) -> context [B,M,model_dim]`` where ``global_input`` is
-    :func:`editctrl_core.context.global_input`: VAE latents of 9 frames of the clip at ~256 px with the edit region
+    :func:`editctrl_core.edit.context.global_input`: VAE latents of 9 frames of the clip at ~256 px with the edit region
     blanked to grey, plus the low-resolution edit mask as the last channel (M = prod(:func:`pooled_grid`)). As in
     EditCtrl the
     context tokens are ``patch_embed(low-resolution latents)`` with ``patch_embed`` a copy of the transformer's
@@ -517,13 +517,13 @@ class GlobalContextEmbedder(nn.Module):
         under ``max_tokens`` (unchanged when it fits, as EditCtrl's 256x256 input does at the default budget)."""
         if global_input.ndim != 5 or global_input.shape[1] != self.config.in_channels:
             raise ValueError(f"the global input must be [B,{self.config.in_channels},f,h,w] (latents plus the "
-                             f"edit-mask channel, editctrl_core.context.global_input); got {tuple(global_input.shape)}")
+                             f"edit-mask channel, editctrl_core.edit.context.global_input); got {tuple(global_input.shape)}")
         f, h, w = global_input.shape[2:]
         grid = pooled_grid(f, h, w, self.config.max_tokens)
         return global_input if grid == (f, h, w) else F.adaptive_avg_pool3d(global_input, grid)
 
     def forward(self, global_input: torch.Tensor) -> torch.Tensor:
-        """Global context tokens [B,M,model_dim] from the global input (:func:`editctrl_core.context.global_input`)."""
+        """Global context tokens [B,M,model_dim] from the global input (:func:`editctrl_core.edit.context.global_input`)."""
         pooled = self.pool(global_input.to(self.patch_embed.weight.dtype))
         return self.patch_embed(pooled.flatten(2).transpose(1, 2))
 
@@ -570,7 +570,7 @@ LAYOUT_CHANGES: dict[str, dict[int, str]] = {
            "embedding and no position features, as EditCtrl does",
         2: "it embedded the full-size background latents average-pooled to the token budget; the current "
            "GlobalContextEmbedder (layout 3) embeds VAE latents of 9 low-resolution frames (~256 px) of the masked "
-           "clip plus the edit mask, as EditCtrl does (editctrl_core.context.global_input)",
+           "clip plus the edit mask, as EditCtrl does (editctrl_core.edit.context.global_input)",
     },
 }
 _RETRAIN = {

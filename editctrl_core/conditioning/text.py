@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Gemma3TextConfig, Gemma3TextModel
 
-from .models import Preset
+from ..loading.models import Preset
 
 BYTE_OFFSET = 3
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2

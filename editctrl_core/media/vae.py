@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLLTX2Video
 
-from .geometry import grid_for
+from ..edit.geometry import grid_for
 
 
 def _stats(vae: AutoencoderKLLTX2Video, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Video
 
-from .checks import check_finite_tensor, check_finite_value
+from ..checks import check_finite_tensor, check_finite_value
+from ..media.vae import encode_frames
 from .geometry import GeometryError, LatentGrid, Padding, check_geometry, grid_for
 from .masks import pixel_mask_to_token_mask
-from .vae import encode_frames
 
 BACKGROUND_FILL = 0.5
 #: LTX-2's frame rate, for clips whose own rate is unknown (RoPE's time axis is in seconds: frame / fps).

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from editctrl_core.loading.weights_file import save_safetensors, write_text
 
 LATEST = "latest.json"
 
@@ -36,25 +37,8 @@ def step_name(prefix: str, step: int, suffix: str = ".safetensors") -> str:
     return f"{prefix}_step_{step:05d}{suffix}"
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors save to a temp file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -124,20 +108,20 @@ def save_state(out_dir: Path, step: int, *, trainable: dict[str, torch.Tensor], 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    atomic_save_file(trainable, tmp / "trainable.safetensors")
+    save_safetensors(tmp / "trainable.safetensors", trainable)
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_struct = _flatten(optimizer.state_dict(), "opt", opt_tensors)
-    atomic_save_file(opt_tensors or {"empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
+    save_safetensors(tmp / "optimizer.safetensors", opt_tensors or {"empty": torch.zeros(0)})
     rng_tensors, rng_meta = rng_state()
     rng_tensors.update(extra_tensors or {})
-    atomic_save_file(rng_tensors, tmp / "rng.safetensors")
+    save_safetensors(tmp / "rng.safetensors", rng_tensors)
     state = {"step": step, "optimizer": opt_struct, "scheduler": _flatten(scheduler.state_dict(), "sched", {}),
              "rng": rng_meta, **extra}
-    atomic_write_text(tmp / "state.json", json.dumps(state))
+    write_text(tmp / "state.json", json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    atomic_write_text(out_dir / LATEST, json.dumps({"step": step, "state": final.name}))
+    write_text(out_dir / LATEST, json.dumps({"step": step, "state": final.name}))
     return final
 
 

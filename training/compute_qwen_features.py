@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from editctrl_core.loading.weights_file import save_safetensors
 from editctrl_core.media.video_io import read_video
 from editctrl_core.perception.qwen import EDIT_TEMPLATE, QwenVL, evenly_spaced, folder_fingerprint, hidden_states
 from editctrl_core.perception.qwen import load_or_tiny as load_qwen
@@ -41,7 +41,6 @@ from .precompute import (
     parse_shard,
     pick_device,
     run_samples,
-    save_atomic,
     shape_rule,
     shard,
     used_frames,
@@ -96,7 +95,7 @@ class QwenFeatureJob:
                     "template": self.args.template, "model": qwen.name, "family": qwen.family,
                     "fingerprint": qwen.fingerprint, "hidden_size": str(states.shape[-1]),
                     "frames": json.dumps(evenly_spaced(frames.shape[0], self.args.k_frames)), "shape": note}
-        save_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        save_safetensors(path, tensors, metadata)
 
 
 def build_parser() -> ArgumentParser:

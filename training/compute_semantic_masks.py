@@ -52,7 +52,6 @@ from .precompute import (
     Clip,
     add_shape_options,
     at_least,
-    file_digest,
     list_clips,
     model_source,
     parse_shard,
@@ -60,6 +59,7 @@ from .precompute import (
     run_samples,
     shape_rule,
     shard,
+    sidecar_digest,
     used_frames,
 )
 
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = SemanticMaskJob(args)
     clips = shard(list_clips(args.clips), *parse_shard(args.shard))
     tally = run_samples(clips, args.out, job.settings(), "masks", job.compute, args.overwrite, "semantic masks",
-                        per_clip=lambda clip: {"boxes": file_digest(clip.video.with_name(clip.sample_id + BOXES_SUFFIX))})
+                        per_clip=lambda clip: {"boxes": sidecar_digest(clip.video.with_name(clip.sample_id + BOXES_SUFFIX))})
     print(f"compute_semantic_masks: {tally.line()} -> {args.out}")
     return 1 if tally.failed else 0
 

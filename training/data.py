@@ -23,7 +23,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor
 from editctrl_core.conditioning.text import TextConditioning
 from editctrl_core.edit.context import DEFAULT_FPS, GlobalLatents, encode_global
 from editctrl_core.edit.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, GeometryError
+from editctrl_core.loading.weights_file import file_digest, save_safetensors, write_text
 
 if TYPE_CHECKING:
     from editctrl_core.conditioning.text_encoders import LTXTextEncoder
@@ -183,15 +182,6 @@ def discover_clips(folder: str | Path, captions: str | Path | None = None) -> li
     return specs
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(spec: ClipSpec, rule: ShapeRule, encoder_id: str) -> str:
     """Content hash of everything a cached sample depends on (clip bytes, target, caption, rule, encoders)."""
     parts = {
@@ -201,15 +191,6 @@ def cache_key(spec: ClipSpec, rule: ShapeRule, encoder_id: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """save_file to a temp name, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass
@@ -305,10 +286,7 @@ def weights_digest(path: str | Path, memo_file: Path | None = None) -> str:
     else:
         digest = one(path)
     if memo_file is not None and memo != before:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".{memo_file.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-        os.replace(tmp, memo_file)
+        write_text(memo_file, json.dumps(memo, indent=1, sort_keys=True))
     return digest
 
 
@@ -427,7 +405,7 @@ class CachedTextEncoder:
                     for row, prompt in enumerate(batch):
                         tensors = {"text_embeds": cond.embeds[row].cpu().float(),
                                    "text_mask": cond.mask[row].cpu().to(torch.uint8)}
-                        _atomic_save(tensors, self.path(prompt), {"prompt": prompt, "encoder": self.id})
+                        save_safetensors(self.path(prompt), tensors, {"prompt": prompt, "encoder": self.id})
                     bar.update(len(batch))
         finally:
             del encoder
@@ -531,7 +509,7 @@ def precompute(specs: list[ClipSpec], rule: ShapeRule, encoders: Encoders, cache
         meta = {"sample_id": spec.sample_id, "caption": spec.caption, "source": spec.path.name, "rule": note,
                 "pixel_shape": json.dumps(list(frames.shape[:3])), "encoders": encoders.id,
                 "fps": repr(fps / rule.frame_stride)}
-        _atomic_save(tensors, path, meta)
+        save_safetensors(path, tensors, meta)
         stats["encoded"] += 1
         if progress:
             log.info("cached %s: %s", spec.path.name, note)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from PIL import Image
 
 from editctrl_core.edit.masks import token_mask_to_pixel_mask
 from editctrl_core.edit.preview import mask_overlay
+from editctrl_core.loading.weights_file import atomic_write
 from editctrl_core.media.vae import decode_latents
 
 COLUMNS = ("source", "masked input", "prediction", "target", "mask overlay")
@@ -32,8 +32,4 @@ def save_debug_png(vae: torch.nn.Module, debug: dict, path: Path) -> Path:
     """Write the debug grid as a PNG (atomic rename)."""
     image = debug_grid(vae, debug)
     array = (image.numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp), suffix=".png")

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from editctrl_core.loading.weights_file import save_safetensors
 
 RANDOM_SHAPES = ("rect", "ellipse", "brush")
 MODES = ("random", "semantic", "mixed")
@@ -238,16 +239,7 @@ def save_object_masks(path: str | os.PathLike, masks: torch.Tensor, names: list[
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta["objects"] = json.dumps(list(names))
     meta["grid"] = json.dumps(list(masks.shape[1:]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({"masks": (masks > 0.5).to(torch.uint8).contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_safetensors(path, {"masks": (masks > 0.5).to(torch.uint8)}, meta)
 
 
 def load_object_masks(path: str | os.PathLike) -> ObjectMasks:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from editctrl_core.loading.weights_file import save_safetensors
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -484,18 +485,9 @@ class SemanticMaskLibrary:
 
     def save_cache(self, cache_path: str | os.PathLike, fingerprint: str = "") -> Path:
         """Write masks + ids + parameters as safetensors (atomically), with the licence in the metadata."""
-        path = Path(cache_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "image_ids": json.dumps(self.image_ids),
                 "size": json.dumps(list(self.size)), "licence": LICENCE_WARNING}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file({"masks": self.masks.to(torch.uint8).contiguous()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        return save_safetensors(cache_path, {"masks": self.masks.to(torch.uint8)}, meta)
 
     def __len__(self) -> int:
         """Number of masks."""

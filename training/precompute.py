@@ -11,7 +11,6 @@ which the next run deletes before redoing that sample. A finished file is skippe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from editctrl_core.loading.weights_file import file_digest, remove_stale_temps
 
 from .cli import UsageError
 from .data import ShapeRule
@@ -87,30 +88,10 @@ def output_path(out_dir: Path, sample_id: str) -> Path:
     return out_dir / f"{sample_id}.safetensors"
 
 
-def temp_path(path: Path) -> Path:
-    """This process's temp file for `path` (hidden, pid-tagged, renamed into place when complete)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def remove_stale_temps(path: Path) -> list[Path]:
-    """Delete temp files a killed run left for `path`; returns them."""
-    stale = sorted(path.parent.glob(f".{path.name}.tmp-*"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
-def save_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(temp)` then rename the temp file to `path`; the temp file never survives an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def signature(settings: dict[str, Any]) -> str:
@@ -134,9 +115,9 @@ def finished(path: Path, expected_signature: str, tensor: str) -> tuple[bool, st
     return True, "done"
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a small file (sidecars), or '' when it does not exist."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+def sidecar_digest(path: Path) -> str:
+    """Short sha256 of a sidecar file (16 hex digits), or '' when it does not exist."""
+    return file_digest(path)[:16] if path.is_file() else ""
 
 
 def pick_device(choice: str) -> torch.device:

@@ -27,6 +27,7 @@ import torch
 
 from editctrl_core.checks import NonFiniteError, check_finite_tensor, check_finite_value
 from editctrl_core.loading.scd_metadata import options_metadata
+from editctrl_core.loading.weights_file import write_text
 from training import checkpoint as ckpt
 from training.cli import ArgumentParser, UsageError, report_config_error
 from training.config import Config, ConfigError, config_hash, load_config, to_dict
@@ -333,7 +334,7 @@ class Trainer:
         if truncate_after is not None and path.is_file():
             kept = [line for line in path.read_text().splitlines() if line and
                     json.loads(line)["step"] <= truncate_after]
-            ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+            write_text(path, "".join(line + "\n" for line in kept))
         with path.open("a") as fh:
             for r in records:
                 fh.write(json.dumps(r) + "\n")

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..loading.fp8 import strict_load_fp8
 from ..loading.models import ModelLoadError
+from ..loading.weights_file import save_safetensors
 from .text import TextConditioning
 
 TEXT_PRESET_DIR = Path(__file__).parents[1] / "presets" / "text"
@@ -683,12 +684,10 @@ def load_text_encoder(source: str | Path | None, preset: str = "auto", *, connec
 def save_gemma_comfy(encoder: nn.Module, path: str | Path, spiece: bytes | None = None,
                      prefix: str = "model.") -> None:
     """Write a Gemma text model as one safetensors file (ComfyUI layout `model.*`, optional `spiece_model`)."""
-    from safetensors.torch import save_file
-
     out = {prefix + k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     if spiece is not None:
         out[SPIECE_KEY] = torch.tensor(list(spiece), dtype=torch.uint8)
-    save_file(out, str(path))
+    save_safetensors(path, out)
 
 
 def check_text_width(cond: TextConditioning, transformer_config: Any) -> None:

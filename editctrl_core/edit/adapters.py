@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,10 +38,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..loading.scd_metadata import options_from_metadata
+from ..loading.weights_file import check_container, save_safetensors
 
 FORMAT_NAME = "editctrl-adapter"
 FORMAT_VERSION = 1
@@ -620,35 +619,13 @@ def save_adapter(module: nn.Module, path: str | os.PathLike[str], base_model_id:
         META_PREFIX + "split_layer": json.dumps(split_layer),
         **dict(scd_options or {}),
     }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_safetensors(path, module.state_dict(), metadata)
 
 
 def _check_container(path: Path) -> None:
     """Refuse files that are not safetensors before any parser touches them (pickles, zips, truncated headers)."""
-    if not path.is_file():
-        raise AdapterLoadError(f"adapter file {str(path)!r} does not exist")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        opening = fh.read(1) if 0 < header_len <= size - 8 else b""
-    if opening == b"{":
-        return
-    zipped = head[:4] == b"PK\x03\x04"
-    pickled = len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] != 0
-    if zipped or pickled:
-        raise AdapterLoadError(
-            f"{str(path)!r} is a pickle/torch checkpoint, not a safetensors adapter; it was not unpickled. "
-            "Re-export the weights with save_adapter (safetensors) and load that file.")
-    if 0 <= header_len and header_len > size - 8:
-        raise AdapterLoadError(f"{str(path)!r} is corrupt or truncated: its header claims {header_len} bytes but the "
-                               f"file has {size}; copy or download it again")
-    raise AdapterLoadError(f"{str(path)!r} is not a safetensors file ({size} bytes); the file is corrupt or "
-                           "truncated - copy or download it again")
+    check_container(path, AdapterLoadError, "adapter",
+                    "Re-export the weights with save_adapter (safetensors) and load that file.")
 
 
 def _json_meta(path: Path, metadata: Mapping[str, str], name: str) -> Any:

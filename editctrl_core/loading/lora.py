@@ -37,8 +37,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from .weights_file import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -234,16 +235,7 @@ def save_lora(
         "editctrl.target_modules": json.dumps(sorted({_leaf_name(n) for n in src.layers})),
         "editctrl.num_layers": str(len(src.layers)),
     })
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_safetensors(path, tensors, meta)
 
 
 def _leaf_name(module_path: str) -> str:

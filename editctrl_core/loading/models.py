@@ -24,6 +24,7 @@ from .native import (
     official_state_to_diffusers,
     vae_metadata,
 )
+from .weights_file import save_safetensors
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
 OFFICIAL_TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -358,8 +359,6 @@ def save_transformer_official(model: LTX2VideoTransformer3DModel, path: str | Pa
     ltx-core load them: keys through the one rename table, and the architecture in ``metadata["config"]`` (without
     it ComfyUI 0.8.0 assumes the 19B model). A transformer the official config cannot describe is still written,
     without ``config`` and with the reasons in ``editctrl.config_problems``. Used to make test and demo files."""
-    from safetensors.torch import save_file
-
     out = diffusers_state_to_official({k: v.contiguous() for k, v in model.state_dict().items()},
                                       OFFICIAL_TRANSFORMER_PREFIX)
     try:
@@ -368,17 +367,15 @@ def save_transformer_official(model: LTX2VideoTransformer3DModel, path: str | Pa
         metadata = {"editctrl.config_problems": str(exc), **({} if vae is None else vae_metadata(vae.config))}
     if vae is not None:
         out.update(_vae_official_state(vae))
-    save_file(out, str(path), metadata=metadata)
+    save_safetensors(path, out, metadata)
 
 
 def save_vae_official(vae: AutoencoderKLLTX2Video, path: str | Path) -> None:
     """Write a video VAE as models/vae files hold it: official keys without the ``vae.`` prefix and, when the layout
     has one, its official config in ``metadata["config"]["vae"]``. (ComfyUI 0.8.0 reads that config for a VAE inside
     a checkpoint, CheckpointLoaderSimple; its VAELoader ignores metadata and guesses the 19B-size layout.)"""
-    from safetensors.torch import save_file
-
     state = {k[len(OFFICIAL_VAE_PREFIX):]: v for k, v in _vae_official_state(vae).items()}
-    save_file(state, str(path), metadata=vae_metadata(vae.config))
+    save_safetensors(path, state, vae_metadata(vae.config))
 
 
 def _vae_official_state(vae: AutoencoderKLLTX2Video) -> dict[str, torch.Tensor]:

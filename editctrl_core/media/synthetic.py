@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..loading.weights_file import atomic_write
+
 
 @dataclass
 class SyntheticClip:
@@ -78,11 +80,5 @@ def write_demo_clip(path: str | os.PathLike[str], frames: int = 25, height: int 
     rate = 44100
     t = np.arange(int(rate * frames / fps)) / rate
     tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write_video(tmp, clip.frames, fps=fps, audio=(np.stack([tone, tone]), rate))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: write_video(tmp, clip.frames, fps=fps, audio=(np.stack([tone, tone]), rate)),
+                        suffix=path.suffix)

@@ -13,8 +13,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -25,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..loading.weights_file import save_safetensors
 from .detection import (
     FAMILIES,
     Detection,
@@ -496,15 +495,7 @@ class HiddenStateCache:
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=str(path.parent), suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"hidden_states": tensor}, tmp, metadata=metadata or {})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_safetensors(path, {"hidden_states": tensor}, metadata or {})
 
     def clear(self) -> None:
         """Forget the in-memory entries (files on disk stay)."""

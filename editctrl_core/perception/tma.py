@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..conditioning.text import TextConditioning
 from ..edit.adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError
+from ..loading.weights_file import save_safetensors
 
 ADAPTER_KIND = "tma"
 
@@ -174,9 +174,6 @@ def with_semantic_tokens(cond: TextConditioning, tokens: torch.Tensor) -> TextCo
 
 def save_tma(connector: TMAConnector, path: str | Path, base_model: str = "") -> None:
     """Write weights as safetensors with kind, config and base Qwen model id as JSON metadata (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in connector.state_dict().items()}
     metadata = {
         "format": "pt",
         META_PREFIX + "format": json.dumps(FORMAT_NAME),
@@ -185,9 +182,7 @@ def save_tma(connector: TMAConnector, path: str | Path, base_model: str = "") ->
         META_PREFIX + "config": connector.config.to_json(),
         META_PREFIX + "base_model_id": json.dumps(base_model),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_safetensors(path, connector.state_dict(), metadata)
 
 
 def _metadata(path: Path) -> dict[str, str]:

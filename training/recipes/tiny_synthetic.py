@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log.info("1/4 fitting the tiny VAE (%d steps)", args.vae_steps)
     vae = fit_vae(list(range(args.seed, args.seed + args.clips)), args.vae_steps, args.seed)
-    from training.checkpoint import atomic_save_file
+    from editctrl_core.loading.weights_file import save_safetensors
 
-    atomic_save_file(vae.state_dict(), work / "vae.safetensors")
+    save_safetensors(work / "vae.safetensors", vae.state_dict())
     save_transformer_official(build_transformer(load_preset("tiny")), out / FILES["checkpoint"], vae)
     vae_seconds = time.time() - start
     log.info("2/4 training (SCD LoRA, local, global)")

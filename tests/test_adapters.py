@@ -15,7 +15,6 @@ from editctrl_core.edit.adapters import (
     GlobalContextEmbedder,
     LocalContextConfig,
     LocalContextModule,
-    blank_latents,
     load_adapter,
     local_context_tokens,
     pooled_grid,
@@ -23,6 +22,7 @@ from editctrl_core.edit.adapters import (
     save_adapter,
     token_coords,
 )
+from editctrl_core.edit.context import blank_background
 
 LOCAL = LocalContextConfig(in_channels=9, width=32, num_blocks=2, heads=2, head_dim=16, text_dim=24, model_dim=48,
                            target_blocks=(0, 2, 4))
@@ -166,16 +166,15 @@ def test_token_coords_and_local_tokens():
     edit[1, 1:3, 1:4] = True
     flat_edit = edit.flatten()
     idx = torch.tensor([0, 26, 27, 33, 59])
-    toks = local_context_tokens(latents, edit, idx)
+    grey = torch.randn(1, 8, *GRID)
+    background = blank_background(latents, edit, grey)
+    toks = local_context_tokens(background, edit, idx)
     assert toks.shape == (2, 5, 9)
     assert toks[..., 8].tolist() == [flat_edit[idx].float().tolist()] * 2
-    flat = latents.flatten(2).transpose(1, 2)
+    flat, flat_grey = latents.flatten(2).transpose(1, 2), grey.flatten(2).transpose(1, 2)
     for j, i in enumerate(idx.tolist()):
-        expected = torch.zeros(2, 8) if flat_edit[i] else flat[:, i]
+        expected = flat_grey[:, i].expand(2, -1) if flat_edit[i] else flat[:, i]
         assert torch.equal(toks[:, j, :8], expected)
-    assert torch.equal(blank_latents(latents, edit, 0.5)[:, :, edit], torch.full((2, 8, int(edit.sum())), 0.5))
-    kept = local_context_tokens(latents, edit, idx, fill=None)
-    assert torch.equal(kept[..., :8], flat[:, idx]) and torch.equal(kept[..., 8], toks[..., 8])
 
 
 def test_pooled_grid_keeps_3d_structure_within_budget():

@@ -196,6 +196,18 @@ def test_cached_sample_with_nan_is_a_data_error(tmp_path: Path) -> None:
 
     path = tmp_path / "s.safetensors"
     save_file({"latents": torch.tensor([[0.0, float("nan")]]), "text_embeds": torch.zeros(1, 2),
-               "text_mask": torch.ones(1, dtype=torch.uint8)}, str(path))
+               "text_mask": torch.ones(1, dtype=torch.uint8), "fill": torch.zeros(1, 2)}, str(path))
     with pytest.raises(DataError, match=r"s\.safetensors: latents holds 1 non-finite values .*delete it and re-run"):
+        load_sample(path)
+
+
+def test_cached_sample_without_its_background_fill_is_a_data_error(tmp_path: Path) -> None:
+    """The fill is what the edit region is blanked to (the grey-clip latents, as at inference): a cache without it
+    is refused instead of training on zeros."""
+    from training.data import DataError, load_sample
+
+    path = tmp_path / "s.safetensors"
+    save_file({"latents": torch.zeros(1, 2), "text_embeds": torch.zeros(1, 2),
+               "text_mask": torch.ones(1, dtype=torch.uint8)}, str(path))
+    with pytest.raises(DataError, match=r"s\.safetensors: cache file has no 'fill'; delete it and re-run"):
         load_sample(path)

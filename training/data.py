@@ -524,7 +524,7 @@ def load_sample(path: Path, qwen_dir: str | Path | None = None) -> Sample:
             t = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:
         raise DataError(f"{path}: unreadable cache file ({exc}); delete it and re-run to re-encode") from exc
-    for key in ("latents", "text_embeds", "text_mask"):
+    for key in ("latents", "text_embeds", "text_mask", "fill"):
         if key not in t:
             raise DataError(f"{path}: cache file has no {key!r}; delete it and re-run")
     for key, value in t.items():
@@ -534,7 +534,7 @@ def load_sample(path: Path, qwen_dir: str | Path | None = None) -> Sample:
             raise DataError(str(exc)) from None
     sample = Sample(meta.get("sample_id", path.stem), t["latents"].float(), t.get("target", t["latents"]).float(),
                     t["text_embeds"].float(), t["text_mask"].long(), meta.get("caption", ""),
-                    t["fill"].float() if "fill" in t else None, fps=float(meta.get("fps", DEFAULT_FPS)))
+                    t["fill"].float(), fps=float(meta.get("fps", DEFAULT_FPS)))
     if "global_latents" in t:
         sample.global_latents = GlobalLatents(t["global_latents"].float()[None], t["global_fill"].float()[None],
                                               t["global_index"].long())

@@ -40,7 +40,7 @@ from editctrl_core.edit.adapters import (
     LocalContextModule,
     load_adapter,
 )
-from editctrl_core.edit.context import from_tokens, to_tokens
+from editctrl_core.edit.context import blank_background, from_tokens, to_tokens
 from editctrl_core.edit.masks import dilate_token_mask
 from editctrl_core.edit.scd import SCDModel, SCDOptions
 from editctrl_core.loading.lora import LoraError, apply_loras, read_lora
@@ -398,8 +398,10 @@ class TrainModule(nn.Module):
         text = self._text(sample, g, self.null_text)
         source = sample.latents[None].to(dev)
         target = sample.target[None].to(dev)
-        fill = sample.fill[None].to(dev) if getattr(sample, "fill", None) is not None else torch.zeros_like(source)
-        background = torch.where(edit.to(dev)[None, None], fill, source)
+        if sample.fill is None:
+            raise ValueError(f"sample {sample.sample_id!r} has no background fill (the grey-clip latents its edit "
+                             "region is blanked to, as at inference); build samples with one, e.g. by the precompute")
+        background = blank_background(source, edit, sample.fill[None])
         encoder_trains = any(p.requires_grad for n, p in self.transformer.named_parameters()
                              if _block_of(n) is not None and _block_of(n) < self.split_layer) or (
             self.tma is not None and any(p.requires_grad for p in self.tma.parameters()))

@@ -157,30 +157,16 @@ def token_coords(idx: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     return torch.stack([idx // (h * w), (idx // w) % h, idx % w]).to(torch.float32)
 
 
-def blank_latents(latents: torch.Tensor, edit_mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """Latents [B,C,f,h,w] with the edit region (token mask [f,h,w] or [B,f,h,w], True = edit) set to ``fill``.
-
-    LTX-2 latents are normalised to zero mean, so 0 is the neutral fill (the seed's 0.5 was a pixel-space value).
-    """
-    mask = edit_mask.bool().to(latents.device)
-    mask = mask.unsqueeze(1) if mask.ndim == 4 else mask.view(1, 1, *mask.shape)
-    return latents.masked_fill(mask, fill)
-
-
-def local_context_tokens(source_latents: torch.Tensor, edit_mask: torch.Tensor, idx: torch.Tensor,
-                         fill: float | None = 0.0) -> torch.Tensor:
-    """LocalContextModule input [B,N,C+1]: blanked source latents gathered at flat ``idx``, plus the edit-mask channel.
-
-    ``fill=None`` keeps the latents as given (for background latents already blanked in pixel space before encoding).
-    """
-    b, c, f, h, w = source_latents.shape
+def local_context_tokens(background: torch.Tensor, edit_mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """LocalContextModule input [B,N,C+1]: the background latents (edit region already blanked to the grey-clip
+    latents, ``context.blank_background``) gathered at flat ``idx``, plus the edit-mask channel."""
+    b, c, f, h, w = background.shape
     if tuple(edit_mask.shape) != (f, h, w):
         raise ValueError(f"edit_mask must be [f,h,w] = {(f, h, w)}; got {tuple(edit_mask.shape)}")
-    idx = idx.long().to(source_latents.device)
-    latents = source_latents if fill is None else blank_latents(source_latents, edit_mask, fill)
-    blanked = latents.flatten(2).transpose(1, 2)[:, idx]
-    channel = edit_mask.reshape(-1).to(device=source_latents.device, dtype=source_latents.dtype)[idx]
-    return torch.cat([blanked, channel.view(1, -1, 1).expand(b, -1, 1)], dim=-1)
+    idx = idx.long().to(background.device)
+    gathered = background.flatten(2).transpose(1, 2)[:, idx]
+    channel = edit_mask.reshape(-1).to(device=background.device, dtype=background.dtype)[idx]
+    return torch.cat([gathered, channel.view(1, -1, 1).expand(b, -1, 1)], dim=-1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -418,7 +418,7 @@ class SCDModel:
                              "editctrl_core.edit.context.global_input, EditContext.global_input())")
         if self.local is not None:
             plan.extras["local_tokens"] = local_context_tokens(background.to(s.device, torch.float32),
-                                                               edit_mask.to(s.device), index, fill=None)
+                                                               edit_mask.to(s.device), index)
             plan.extras["local_coords"] = token_coords(index, grid).to(s.device)
         if self.global_context is not None:
             g = self.global_context

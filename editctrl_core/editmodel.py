@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import torch
 from .conditioning.text import TextConditioning
 from .conditioning.text_encoders import check_text_width
 from .edit.context import EditContext
+from .edit.sampler import EditResult, Region, SamplerSettings, StepCallback, edit_sigmas, sample_edit
 from .edit.scd import SCDModel
+from .edit.schedules import AUTO, describe_sigmas, resolve_scheduler
 from .loading.lora import LoraFile, apply_loras
-from .loading.models import Preset
+from .loading.models import Preset, source_metadata
 from .loading.scd_metadata import options_from_metadata
 
 log = logging.getLogger("editctrl")
@@ -104,6 +107,49 @@ class EditModel:
             if audio is not None and not config["use_prompt_embeddings"] and audio.shape[-1] != audio_width:
                 raise ValueError(f"{name} conditioning: the audio prompt embeddings are {audio.shape[-1]} wide but "
                                  f"the model expects {audio_width}: load the text encoder of the same LTX-2 version")
+
+    def edit(self, ctx: EditContext, positive: TextConditioning, negative: TextConditioning | None,
+             settings: SamplerSettings, *, mode: str = "auto", scheduler: str = AUTO,
+             regions: list[Region] | None = None, callback: StepCallback | None = None,
+             ready: Callable[[SamplerSettings], None] | None = None) -> EditResult:
+        """One edit, as the Edit Sampler node, the oracle recipe and scripts run it: `mode` and `scheduler` resolved
+        from what is loaded, the inputs checked against this model, `settings` validated (their own mode and
+        scheduler are replaced; `compile` only applies on CUDA), then `ready(settings)` (e.g. moving weights to the
+        GPU: nothing is loaded for an edit that is refused) and the sampler with the LoRA stack active.
+        ``result.notes`` says which mode and σ ran and why, how many tokens were edited, and anything else to know."""
+        chosen, why = self.resolve_mode(mode)
+        schedule, schedule_why = resolve_scheduler(scheduler, source_metadata(self.source), self.source,
+                                                   settings.sigmas is not None)
+        self.check_inputs(ctx, {"positive": positive, "negative": negative,
+                                **{f"region {i + 1}": r.prompt for i, r in enumerate(regions or [])}})
+        on_cuda = self.device.type == "cuda"
+        settings = replace(settings, mode=chosen, scheduler=schedule, compile=settings.compile if on_cuda else False)
+        try:
+            settings.validate()
+        except ValueError as exc:
+            if scheduler == AUTO and schedule == "distilled" and settings.sigmas is None:
+                raise ValueError(f"{exc}, or choose scheduler ltx2 ({schedule_why})") from exc
+            raise
+        notes = [f"mode {chosen}: {why}"]
+        if ready is not None:
+            ready(settings)
+        if settings.compile:
+            log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
+        with self.lora_patch():
+            result = sample_edit(self.scd, ctx, positive, negative, settings, callback=callback, regions=regions)
+        notes.extend(result.notes)
+        edited = int(result.edit_tokens.sum())
+        if edited == 0:
+            notes.append("the edit mask is empty after all processing, so the source came back unchanged and the "
+                         "model never ran; draw or select the region to edit")
+        else:
+            encoder = f" and {result.encoder_calls} encoder pass(es)" if result.encoder_calls else ""
+            notes.append(f"{schedule_why}: {describe_sigmas(edit_sigmas(settings, ctx.grid.num_tokens))}")
+            notes.append(f"edited {edited} of {result.edit_tokens.numel()} tokens "
+                         f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} denoising "
+                         f"passes{encoder}")
+        result.notes = notes
+        return result
 
     def lora_patch(self) -> contextlib.AbstractContextManager:
         """Context in which the LoRA stack is active on the transformer (hooks removed on exit, bit-exact)."""

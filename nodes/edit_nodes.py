@@ -13,10 +13,9 @@ from ..editctrl_core.edit.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.edit.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
 from ..editctrl_core.edit.geometry import GeometryError
 from ..editctrl_core.edit.guidance import DEFAULT_CFG, DEFAULT_RESCALE
-from ..editctrl_core.edit.sampler import SCHEDULERS, EditResult, Region, SamplerSettings, edit_sigmas, sample_edit
-from ..editctrl_core.edit.schedules import AUTO, describe_sigmas, resolve_scheduler
+from ..editctrl_core.edit.sampler import SCHEDULERS, EditResult, Region, SamplerSettings
+from ..editctrl_core.edit.schedules import AUTO
 from ..editctrl_core.editmodel import EDIT_MODES, EditModel
-from ..editctrl_core.loading.models import source_metadata
 from ..editctrl_core.media.vae import decode_latents
 from ..editctrl_core.media.vae_tiles import local_decode
 from . import vram
@@ -154,47 +153,24 @@ class EditCtrlSampler(io.ComfyNode):
                 regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
                 scheduler: str = AUTO, guidance_rescale: float = DEFAULT_RESCALE,
                 sigmas: torch.Tensor | None = None, background_refresh: int = 0) -> io.NodeOutput:
-        chosen, why = model.resolve_mode(mode)
-        notes = [f"mode {chosen}: {why}"]
-        schedule, schedule_why = resolve_scheduler(scheduler, source_metadata(model.source), model.source,
-                                                   sigmas is not None)
-        model.check_inputs(edit_context, {"positive": positive, "negative": negative,
-                                          **{f"region {i + 1}": r.prompt for i, r in enumerate(regions or [])}})
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
-                                   blend=blend or BlendSettings(), window_frames=window_frames,
-                                   compile=compile and model.device.type == "cuda", mode=chosen,
-                                   scheduler=schedule, guidance_rescale=guidance_rescale, sigmas=sigmas,
+                                   blend=blend or BlendSettings(), window_frames=window_frames, compile=compile,
+                                   guidance_rescale=guidance_rescale, sigmas=sigmas,
                                    background_refresh=background_refresh)
-        try:
-            settings.validate()
-        except ValueError as exc:
-            if scheduler == AUTO and schedule == "distilled" and sigmas is None:
-                raise ValueError(f"{exc}, or choose scheduler ltx2 ({schedule_why})") from exc
-            raise
-        if compile and not settings.compile:
-            notes.append(f"'compile' applies on a CUDA GPU; the model is on {model.device}, so it ran uncompiled")
-        elif compile:
-            log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
-        vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
-        if chosen == "scd" and model.scd.global_context is not None and edit_context.global_latents is None \
-                and edit_context.vae is not None:
-            vram.load(edit_context.vae)  # the global adapter's low-resolution encode (once per edit context)
-            edit_context.global_input()
-        check_interrupt()
-        with model.lora_patch():
-            result = sample_edit(model.scd, edit_context, positive, negative, settings, callback=Progress(steps),
-                                 regions=regions)
-        notes.extend(result.notes)
-        edited = int(result.edit_tokens.sum())
-        if edited == 0:
-            notes.append("the edit mask is empty after all processing, so the source came back unchanged and the "
-                         "model never ran; draw or select the region to edit")
-        else:
-            encoder = f" and {result.encoder_calls} encoder pass(es)" if result.encoder_calls else ""
-            notes.append(f"{schedule_why}: {describe_sigmas(edit_sigmas(settings, edit_context.grid.num_tokens))}")
-            notes.append(f"edited {edited} of {result.edit_tokens.numel()} tokens "
-                         f"({100 * edited / result.edit_tokens.numel():.1f}%): {result.decoder_calls} denoising "
-                         f"passes{encoder}")
+
+        def ready(resolved: SamplerSettings) -> None:
+            vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])
+            if resolved.mode == "scd" and model.scd.global_context is not None \
+                    and edit_context.global_latents is None and edit_context.vae is not None:
+                vram.load(edit_context.vae)  # the global adapter's low-resolution encode (once per edit context)
+                edit_context.global_input()
+            check_interrupt()
+
+        result = model.edit(edit_context, positive, negative, settings, mode=mode, scheduler=scheduler,
+                            regions=regions, callback=Progress(steps), ready=ready)
+        notes = list(result.notes)
+        if compile and model.device.type != "cuda":
+            notes.insert(1, f"'compile' applies on a CUDA GPU; the model is on {model.device}, so it ran uncompiled")
         return io.NodeOutput(result, ui=notice("EditCtrl Sampler", notes))
 
 

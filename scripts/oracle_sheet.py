@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_models(args.checkpoint, "auto")
     result = run_oracle(loaded.transformer, loaded.vae, loaded.preset,
                         OracleSettings(clips=args.clips, steps=args.steps, cfg=args.cfg, dilation=args.dilation),
-                        keep_frames=args.clips)
+                        keep_frames=args.clips, source=loaded.source)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     middle = []

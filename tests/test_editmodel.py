@@ -75,3 +75,45 @@ def test_a_2_3_layout_edit_runs_with_a_2_3_prompt(ctx, mode):
     assert torch.isfinite(result.latents).all()
     assert torch.equal(result.latents[~inside], ctx.source_latents[~inside])
     assert not torch.allclose(result.latents[inside], ctx.source_latents[inside])
+
+
+def _prompts_23() -> tuple[TextConditioning, TextConditioning]:
+    t = PRESET.transformer
+    inner, audio = t["num_attention_heads"] * t["attention_head_dim"], t["audio_cross_attention_dim"]
+    return _prompt(inner, audio), _prompt(inner, audio, 4)
+
+
+@pytest.mark.parametrize("mode", ["auto", "training_free", "full"])
+def test_edit_is_the_sampler_with_the_choices_made_and_said(ctx, mode):
+    """`EditModel.edit` (what the Edit Sampler node calls) runs the same edit as `sample_edit` with the resolved
+    mode and schedule, calls `ready` once with them before sampling, and says what ran; compile is dropped on CPU."""
+    model = _model("ltx-2.3")
+    prompt, negative = _prompts_23()
+    seen = []
+    result = model.edit(ctx, prompt, negative, SamplerSettings(steps=2, seed=3, compile=True), mode=mode,
+                        ready=seen.append)
+    ran = "training_free" if mode == "auto" else mode
+    assert [(s.mode, s.scheduler, s.compile) for s in seen] == [(ran, "ltx2", False)]
+    direct = sample_edit(model.scd, ctx, prompt, negative, SamplerSettings(steps=2, seed=3, mode=ran))
+    assert result.mode == ran and torch.equal(result.latents, direct.latents)
+    assert result.notes[0].startswith(f"mode {ran}: ")
+    assert result.notes[-2].startswith("σ schedule ltx2: auto chose it because the checkpoint does not say it is "
+                                       "distilled"), result.notes
+    assert result.notes[-1].startswith("edited ") and "2 denoising passes" in result.notes[-1]
+
+
+def test_a_refused_edit_loads_nothing(ctx):
+    """Every check runs before `ready` (the node moves weights to the GPU there): a bad setting, a prompt of the
+    wrong width or a mode that cannot run leaves it uncalled."""
+    model = _model("ltx-2.3")
+    prompt, negative = _prompts_23()
+    called = []
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        model.edit(ctx, prompt, negative, SamplerSettings(steps=0), ready=called.append)
+    with pytest.raises(ValueError, match="positive conditioning: the prompt embeddings are"):
+        model.edit(ctx, _prompt(CAPTION), negative, SamplerSettings(steps=2), ready=called.append)
+    with pytest.raises(ValueError, match="the distilled schedule has 8 steps"):
+        model.edit(ctx, prompt, negative, SamplerSettings(steps=3), scheduler="distilled", ready=called.append)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        model.edit(ctx, prompt, negative, SamplerSettings(steps=2), mode="fast", ready=called.append)
+    assert called == []

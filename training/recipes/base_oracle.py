@@ -560,19 +560,21 @@ def refresh_name(refreshes: int) -> str:
 
 @torch.no_grad()
 def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Preset, settings: OracleSettings,
-               text: TinyTextEncoder | None = None, keep_frames: int = 0) -> dict:
+               text: TinyTextEncoder | None = None, keep_frames: int = 0, source: str = "") -> dict:
     """Masked-region error of "remove the object" on held-out synthetic clips, per mode, and of a grey fill.
 
     Latent: MSE over the object's token mask between the edited latents and the VAE latents of the true background
     (grey fill = the grey-clip latents the edit context blanks the region to). Pixel: MSE inside the object's pixel
     mask between the decoded edit and the true background frames (grey fill = 0.5 there). `keep_frames` > 0 keeps
-    the first clips' decoded frames (for pictures) under ``"frames"``.
+    the first clips' decoded frames (for pictures) under ``"frames"``. The edits run through ``EditModel.edit``, as
+    the Edit Sampler node runs them (`source`: the checkpoint, whose metadata picks the σ schedule).
     """
     from editctrl_core.edit.guidance import DEFAULT_CFG
-    from editctrl_core.edit.sampler import SamplerSettings, sample_edit
+    from editctrl_core.edit.sampler import SamplerSettings
+    from editctrl_core.editmodel import EditModel
 
     text = text or TinyTextEncoder(preset)
-    scd = SCDModel(transformer, SCDOptions(split_layer=preset.split_layer))
+    model = EditModel(SCDModel(transformer, SCDOptions(split_layer=preset.split_layer)), preset, source)
     positive = text.encode([BACKGROUND_CAPTION])
     negative = text.encode([EMPTY_PROMPT])
     cfg = DEFAULT_CFG if settings.cfg is None else settings.cfg
@@ -603,9 +605,9 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
         kept = {"source": clip.frames, "background": clip.background, "grey_fill": grey}
         for name, (mode, refreshes) in runs.items():
             t0 = time.time()
-            out = sample_edit(scd, ctx, positive, negative if cfg != 1.0 else None,
-                              SamplerSettings(steps=settings.steps, seed=settings.seed + i, cfg=cfg, mode=mode,
-                                              dilation=settings.dilation, background_refresh=refreshes))
+            out = model.edit(ctx, positive, negative if cfg != 1.0 else None,
+                             SamplerSettings(steps=settings.steps, seed=settings.seed + i, cfg=cfg,
+                                             dilation=settings.dilation, background_refresh=refreshes), mode=mode)
             seconds[name] += time.time() - t0
             edited_share[name].append(float(out.edit_tokens.float().mean()))
             frames = decode_latents(vae, out.latents)
@@ -683,10 +685,11 @@ def run(out: Path, real: str | None, vae_settings: VAESettings, base_settings: B
     log.info("3/3 oracle on %d held-out clips (checkpoint reloaded as preset %s)", oracle_settings.clips,
              loaded.preset.name)
     t0 = time.time()
-    oracle = run_oracle(loaded.transformer, loaded.vae, loaded.preset, oracle_settings, text)
+    oracle = run_oracle(loaded.transformer, loaded.vae, loaded.preset, oracle_settings, text, source=loaded.source)
     mask_only = None
     if oracle_settings.dilation:
-        mask_only = run_oracle(loaded.transformer, loaded.vae, loaded.preset, replace(oracle_settings, dilation=0), text)
+        mask_only = run_oracle(loaded.transformer, loaded.vae, loaded.preset, replace(oracle_settings, dilation=0), text,
+                               source=loaded.source)
     report = {"preset": preset.name, "vae": vae_info, "base": base_info, "oracle": oracle, "oracle_dilation_0": mask_only,
               "seconds": {"vae": round(vae_seconds, 1), "encode": round(encode_seconds, 1),
                           "base": base_info["seconds"], "oracle": round(time.time() - t0, 1),

@@ -13,7 +13,7 @@ from ..editctrl_core.edit.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.edit.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
 from ..editctrl_core.edit.geometry import GeometryError
 from ..editctrl_core.edit.guidance import DEFAULT_CFG, DEFAULT_RESCALE
-from ..editctrl_core.edit.sampler import SCHEDULERS, EditResult, Region, SamplerSettings
+from ..editctrl_core.edit.sampler import DEFAULT_WINDOW_OVERLAP, SCHEDULERS, EditResult, Region, SamplerSettings
 from ..editctrl_core.edit.schedules import AUTO
 from ..editctrl_core.editmodel import EDIT_MODES, EditModel
 from ..editctrl_core.media.vae import decode_latents
@@ -137,6 +137,9 @@ class EditCtrlSampler(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="GPU: fuse the decoder blocks with torch.compile (faster steps, large masks "
                                          "gain most). The first edit of a session compiles for about a minute."),
+                io.Int.Input("window_overlap", default=DEFAULT_WINDOW_OVERLAP, min=0, max=64, optional=True,
+                             tooltip="With window_frames (scd): each window also re-denoises this many latent "
+                                     "frames before it, held to their edit, so windows join without a seam."),
                 io.Int.Input("background_refresh", default=0, min=0, max=200, optional=True,
                              tooltip="training_free only: this many steps (evenly spaced) run the whole clip as "
                                      "'full' does, so the background sees the edit; the steps after them use it. "
@@ -152,11 +155,12 @@ class EditCtrlSampler(io.ComfyNode):
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
                 regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
                 scheduler: str = AUTO, guidance_rescale: float = DEFAULT_RESCALE,
-                sigmas: torch.Tensor | None = None, background_refresh: int = 0) -> io.NodeOutput:
+                sigmas: torch.Tensor | None = None, background_refresh: int = 0,
+                window_overlap: int = DEFAULT_WINDOW_OVERLAP) -> io.NodeOutput:
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames, compile=compile,
                                    guidance_rescale=guidance_rescale, sigmas=sigmas,
-                                   background_refresh=background_refresh)
+                                   background_refresh=background_refresh, window_overlap=window_overlap)
 
         def ready(resolved: SamplerSettings) -> None:
             vram.load(model.scd.transformer, *[m for m in (model.scd.local, model.scd.global_context) if m is not None])

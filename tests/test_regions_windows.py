@@ -200,3 +200,19 @@ def test_a_later_window_is_conditioned_on_the_earlier_frames_as_edited(setup, sh
     assert torch.allclose(contexts[1][:, later], expected[:, later], atol=1e-5)
     assert not torch.allclose(contexts[1][:, later], from_source[:, later], atol=1e-3)
     assert torch.allclose(contexts[0][:, :2 * per_frame], from_source[:, :2 * per_frame], atol=1e-5)
+
+
+def test_overlap_frames_keep_the_earlier_windows_edit_and_bad_overlap_is_refused(setup):
+    """With window_overlap the later window re-denoises the frames before it only as context: they come back as
+    the earlier window left them (the windowed edit without overlap agrees on the first window's frames), and a
+    negative overlap is refused."""
+    model, enc = setup
+    ctx = _window_ctx()
+    prompt = enc.encode(["snow"])
+    common = dict(steps=2, seed=4, cfg=1.0, blend=None, window_frames=2)
+    plain = sample_edit(_scd(model), ctx, prompt, None, SamplerSettings(window_overlap=0, **common)).latents
+    overlapped = sample_edit(_scd(model), ctx, prompt, None, SamplerSettings(window_overlap=1, **common)).latents
+    assert torch.equal(overlapped[:, :, :2], plain[:, :, :2])
+    assert not torch.allclose(overlapped[:, :, 2:], plain[:, :, 2:], atol=1e-5)
+    with pytest.raises(ValueError, match="window_overlap must be >= 0"):
+        SamplerSettings(window_overlap=-1).validate()

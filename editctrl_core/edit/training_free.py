@@ -30,7 +30,7 @@ from .fast_decode import (
     tensor_layout,
     video_block,
 )
-from .kv_cache import PrefixAttention
+from .kv_cache import PrefixAttention, installed
 from .scd import DEFAULT_FPS, MASK_BIAS, LTX2Stack, TextContext
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -95,7 +95,7 @@ class MaskLocalModel:
         def around(mode: str):
             def enter(index: int):
                 caches[index].mode = mode
-                return _SwapProcessor(s.model.transformer_blocks[index].attn1, caches[index])
+                return installed([s.model.transformer_blocks[index]], [caches[index]])
             return enter
 
         attend = None
@@ -109,18 +109,6 @@ class MaskLocalModel:
         return s.head(hidden, time.embedded)
 
 
-class _SwapProcessor:
-    """Context manager that swaps an attention module's processor for the duration of one block call."""
-
-    def __init__(self, attn: torch.nn.Module, processor: object):
-        self.attn, self.processor = attn, processor
-
-    def __enter__(self) -> None:
-        self.original = self.attn.processor
-        self.attn.set_processor(self.processor)
-
-    def __exit__(self, *_: object) -> None:
-        self.attn.set_processor(self.original)
 
 
 class FastMaskLocal(PrefixStep):

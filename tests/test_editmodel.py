@@ -83,12 +83,14 @@ def _prompts_23() -> tuple[TextConditioning, TextConditioning]:
     return _prompt(inner, audio), _prompt(inner, audio, 4)
 
 
+@pytest.mark.parametrize("layout", ["ltx-2.0", "ltx-2.3"])
 @pytest.mark.parametrize("mode", ["auto", "training_free", "full"])
-def test_edit_is_the_sampler_with_the_choices_made_and_said(ctx, mode):
-    """`EditModel.edit` (what the Edit Sampler node calls) runs the same edit as `sample_edit` with the resolved
-    mode and schedule, calls `ready` once with them before sampling, and says what ran; compile is dropped on CPU."""
-    model = _model("ltx-2.3")
-    prompt, negative = _prompts_23()
+def test_edit_is_the_sampler_with_the_choices_made_and_said(ctx, mode, layout):
+    """`EditModel.edit` (what the Edit Sampler node calls, in-process here) runs the same edit as `sample_edit` with
+    the resolved mode and schedule, calls `ready` once with them before sampling, and says what ran; compile is
+    dropped on CPU. On each layout with its own prompt widths."""
+    model = _model(layout)
+    prompt, negative = _prompts_23() if layout == "ltx-2.3" else (_prompt(CAPTION), _prompt(CAPTION, tokens=4))
     seen = []
     result = model.edit(ctx, prompt, negative, SamplerSettings(steps=2, seed=3, compile=True), mode=mode,
                         ready=seen.append)

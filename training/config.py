@@ -1,6 +1,8 @@
 """Training configuration: YAML → typed dataclasses, validated on load with errors that name the bad field.
 
-Every section and field is listed below with its default; unknown keys, wrong types and out-of-range values raise
+Every section and field is listed below with its default (a stage's ``local``, ``global_context`` and ``tma``
+sections take the fields of the core's LocalContextConfig, GlobalContextConfig and TMAConfig, see
+:func:`core_section`); unknown keys, wrong types and out-of-range values raise
 :class:`ConfigError` naming the dotted path (e.g. ``stages[1].lora.rank``). :func:`config_hash` is a stable hash of
 the fully resolved config, written into every checkpoint's metadata.
 """
@@ -14,11 +16,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from editctrl_core.checks import NonFiniteError, check_finite_value
+from editctrl_core.edit.adapters import GlobalContextConfig, LocalContextConfig
+from editctrl_core.perception.tma import TMAConfig
 
 STAGES = ("scd", "editctrl_local", "editctrl_global", "tma")
 TIMESTEP_SAMPLINGS = ("shifted_logit_normal", "logit_normal", "uniform")
@@ -159,35 +163,60 @@ class LoraConfig:
 
 
 @dataclass
-class LocalConfig:
-    """LocalContextModule shape (model-dependent widths are filled from the transformer)."""
+class CoreSection:
+    """A stage section holding a core config's fields (names, types, defaults) minus those the model fills in.
 
-    width: int = 512
-    num_blocks: int = 2
-    heads: int = 8
-    head_dim: int = 64
-    target_every: int = 2
+    The fields come from the core dataclass itself (:func:`core_section`), so a field added there is a YAML key here
+    with the same default, and :meth:`problems` runs the core's own checks.
+    """
+
+    core: ClassVar[type]
+    filled: ClassVar[tuple[str, ...]]
+
+    def core_values(self) -> dict[str, Any]:
+        """This section's values of the core config's fields."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self.core) if f.name not in self.filled}
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, problem) from the core config's checks of the fields this section holds."""
+        return self.core.problems(self.core_values())
+
+    def build(self, **filled: Any) -> Any:
+        """The core config: this section's values plus the model-dependent `filled` ones."""
+        return self.core(**self.core_values(), **filled)
 
 
-@dataclass
-class GlobalConfig:
-    """GlobalContextEmbedder shape (model width and decoder blocks are filled from the transformer)."""
-
-    max_tokens: int = 256
-    heads: int = 8
-    head_dim: int = 128
+def _same_default(f: dataclasses.Field) -> Any:
+    """A dataclass field with the same default (or default factory) as core field `f`."""
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory)
+    return field(default=f.default)
 
 
-@dataclass
-class TMAStageConfig:
-    """TMA connector shape (Qwen width comes from the cached features, text width from the model)."""
+def core_section(name: str, core: type, filled: tuple[str, ...], extra: tuple[tuple[str, type, Any], ...] = (),
+                 doc: str = "") -> type[CoreSection]:
+    """A CoreSection dataclass with `core`'s fields except `filled`, then the training-only `extra` (name, type,
+    default) ones."""
+    hints = typing.get_type_hints(core)
+    own = [(f.name, hints[f.name], _same_default(f)) for f in dataclasses.fields(core) if f.name not in filled]
+    added = [(n, tp, field(default=default)) for n, tp, default in extra]
+    namespace = {"core": core, "filled": filled, "__doc__": doc, "__module__": __name__}
+    return dataclasses.make_dataclass(name, own + added, bases=(CoreSection,), namespace=namespace)
 
-    num_tasks: int = 6
-    num_queries: int = 8
-    num_heads: int = 8
-    mlp_dim: int = 3584
-    dropout: float = 0.1
-    task: int = 0
+
+LocalConfig = core_section(
+    "LocalConfig", LocalContextConfig, ("in_channels", "text_dim", "model_dim", "target_blocks"),
+    (("target_every", int, 2),),
+    "LocalContextModule shape (LocalContextConfig's fields; the widths come from the transformer, and the hints go "
+    "to every `target_every`-th decoder block).")
+GlobalConfig = core_section(
+    "GlobalConfig", GlobalContextConfig, ("in_channels", "model_dim", "target_blocks"), (),
+    "GlobalContextEmbedder shape (GlobalContextConfig's fields; model width and decoder blocks come from the "
+    "transformer).")
+TMAStageConfig = core_section(
+    "TMAStageConfig", TMAConfig, ("qwen_dim", "text_dim"), (("task", int, 0),),
+    "TMA connector shape (TMAConfig's fields; Qwen width comes from the cached features, text width from the "
+    "model), and the task id whose queries train.")
 
 
 @dataclass
@@ -240,11 +269,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: must be a mapping of {tp.__name__} fields, got {type(value).__name__}")
         return _build(tp, value, path)
-    if origin is list:
+    if origin in (list, tuple):
         if not isinstance(value, list):
             raise ConfigError(f"{path}: must be a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        item = typing.get_args(tp)[0]
+        return origin(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: must be true or false, got {value!r}")
@@ -326,6 +355,14 @@ def _validate_text_encoder(d: DataConfig, m: ModelConfig) -> None:
     _need(d.text_connectors is not None or m.weights is not None or (source / "connectors" / "config.json").is_file(),
           "data.text_connectors", "LTX-2's text connectors ship in the LTX checkpoint, not with Gemma: set "
           "model.weights to the LTX-2 checkpoint, or data.text_connectors to it (or to a connectors file/folder)")
+
+
+def _check_section(section: CoreSection, path: str) -> None:
+    """Run the core config's own checks on a stage section; the first failure names its YAML field."""
+    problems = section.problems()
+    if problems:
+        name, problem = problems[0]
+        raise ConfigError(f"{path}.{name}: {problem}")
 
 
 def validate(cfg: Config) -> Config:
@@ -422,14 +459,11 @@ def validate(cfg: Config) -> Config:
             _need(d.qwen_feature_dir is not None, "data.qwen_feature_dir",
                   "the tma stage needs cached Qwen features (run training.compute_qwen_features)")
         for sub, name in ((st.local, "local"), (st.global_context, "global_context"), (st.tma, "tma")):
-            if sub is None:
-                continue
-            for f in dataclasses.fields(sub):
-                value = getattr(sub, f.name)
-                if isinstance(value, int) and not isinstance(value, bool) and f.name != "task":
-                    _need(value >= 1, f"{p}.{name}.{f.name}", f"must be >= 1, got {value}")
+            if sub is not None:
+                _check_section(sub, f"{p}.{name}")
+        if st.local is not None:
+            _need(st.local.target_every >= 1, f"{p}.local.target_every", f"must be >= 1, got {st.local.target_every}")
         if st.tma is not None:
-            _need(0 <= st.tma.dropout < 1, f"{p}.tma.dropout", f"must be in [0, 1), got {st.tma.dropout}")
             _need(0 <= st.tma.task < st.tma.num_tasks, f"{p}.tma.task",
                   f"must be in [0, num_tasks={st.tma.num_tasks}), got {st.tma.task}")
     return cfg

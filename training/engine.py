@@ -34,9 +34,7 @@ from torch import nn
 from editctrl_core.conditioning.text import TextConditioning
 from editctrl_core.edit.adapters import (
     AdapterLoadError,
-    GlobalContextConfig,
     GlobalContextEmbedder,
-    LocalContextConfig,
     LocalContextModule,
     load_adapter,
 )
@@ -45,8 +43,8 @@ from editctrl_core.edit.masks import dilate_token_mask
 from editctrl_core.edit.scd import SCDModel, SCDOptions
 from editctrl_core.loading.lora import LoraError, apply_loras, read_lora
 from editctrl_core.loading.models import ModelLoadError, Preset, build_transformer, build_vae, load_models, load_preset
-from editctrl_core.perception.tma import TMAConfig, TMAConnector, load_tma, prepend_semantic_tokens
-from training.config import Config, ConfigError, StageConfig
+from editctrl_core.perception.tma import TMAConnector, load_tma, prepend_semantic_tokens
+from training.config import Config, ConfigError, CoreSection, GlobalConfig, LocalConfig, StageConfig, TMAStageConfig
 from training.data import Sample
 from training.masks import MaskSampler, MaskStrategyConfig
 from training.timesteps import sample_sigma
@@ -216,26 +214,24 @@ class TrainModule(nn.Module):
         self.has_lora = True
         self.lora_config = lora
 
-    def add_local(self, spec: object) -> None:
+    def add_local(self, spec: CoreSection) -> None:
         """Create the LocalContextModule for this model (widths from the transformer)."""
         if self.local is not None:
             return
         decoder = self.num_layers - self.split_layer
-        cfg = LocalContextConfig(in_channels=self.channels + 1, width=spec.width, num_blocks=spec.num_blocks,
-                                 heads=spec.heads, head_dim=spec.head_dim, text_dim=self.inner_dim,
-                                 model_dim=self.inner_dim, target_blocks=tuple(range(0, decoder, spec.target_every)))
+        cfg = spec.build(in_channels=self.channels + 1, text_dim=self.inner_dim, model_dim=self.inner_dim,
+                         target_blocks=tuple(range(0, decoder, spec.target_every)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.train.seed + 29)
             self.local = LocalContextModule(cfg).to(self.device_)
         self.scd.attach(local=self.local)
 
-    def add_global(self, spec: object) -> None:
+    def add_global(self, spec: CoreSection) -> None:
         """Create the GlobalContextEmbedder (one branch per decoder block; patch embedding copied from proj_in)."""
         if self.global_context is not None:
             return
         decoder = self.num_layers - self.split_layer
-        cfg = GlobalContextConfig(in_channels=self.channels + 1, model_dim=self.inner_dim, max_tokens=spec.max_tokens,
-                                  heads=spec.heads, head_dim=spec.head_dim, target_blocks=tuple(range(decoder)))
+        cfg = spec.build(in_channels=self.channels + 1, model_dim=self.inner_dim, target_blocks=tuple(range(decoder)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.train.seed + 31)
             self.global_context = GlobalContextEmbedder(cfg).to(self.device_)
@@ -243,13 +239,11 @@ class TrainModule(nn.Module):
         self.global_context.copy_patch_embedding(self.transformer.proj_in)
         self.scd.attach(global_context=self.global_context)
 
-    def add_tma(self, spec: object, qwen_dim: int) -> None:
+    def add_tma(self, spec: CoreSection, qwen_dim: int) -> None:
         """Create the TMA connector (Qwen width from the cached features, text width = caption channels)."""
         if self.tma is not None:
             return
-        cfg = TMAConfig(qwen_dim=qwen_dim, text_dim=self.transformer.config.caption_channels,
-                        num_tasks=spec.num_tasks, num_queries=spec.num_queries, num_heads=spec.num_heads,
-                        mlp_dim=spec.mlp_dim, dropout=spec.dropout)
+        cfg = spec.build(qwen_dim=qwen_dim, text_dim=self.transformer.config.caption_channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.train.seed + 37)
             self.tma = TMAConnector(cfg).to(self.device_)
@@ -447,28 +441,22 @@ def _block_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _default_local(preset: Preset) -> object:
+def _default_local(preset: Preset) -> CoreSection:
     """LocalContextModule shape when a stage gives none: the seed's for real models, a small one for tiny."""
-    from training.config import LocalConfig
-
     if preset.family == "tiny":
         return LocalConfig(width=32, num_blocks=2, heads=2, head_dim=16, target_every=1)
     return LocalConfig()
 
 
-def _default_global(preset: Preset) -> object:
+def _default_global(preset: Preset) -> CoreSection:
     """GlobalContextEmbedder shape when a stage gives none."""
-    from training.config import GlobalConfig
-
     if preset.family == "tiny":
         return GlobalConfig(max_tokens=64, heads=2, head_dim=16)
     return GlobalConfig()
 
 
-def _default_tma(preset: Preset) -> object:
+def _default_tma(preset: Preset) -> CoreSection:
     """TMA connector shape when a stage gives none."""
-    from training.config import TMAStageConfig
-
     if preset.family == "tiny":
         return TMAStageConfig(num_tasks=2, num_queries=8, num_heads=8, mlp_dim=32)
     return TMAStageConfig()

@@ -55,20 +55,30 @@ def _every_second_block(num_decoder_blocks: int = 16) -> tuple[int, ...]:
     return tuple(range(0, num_decoder_blocks, 2))
 
 
-def _check_targets(name: str, targets: tuple[int, ...]) -> tuple[int, ...]:
-    """Validate a target-block list: non-negative, unique ints, returned sorted."""
-    targets = tuple(int(t) for t in targets)
-    if not targets or any(t < 0 for t in targets) or len(set(targets)) != len(targets):
-        raise ValueError(f"{name} must be a non-empty list of distinct decoder block indices >= 0; got {list(targets)}")
-    return tuple(sorted(targets))
+Problems = list[tuple[str, str]]
 
 
-def _check_positive(obj: object, names: tuple[str, ...]) -> None:
-    """Raise unless every named integer field of a config is positive."""
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer; got {value!r}")
+def _target_problems(values: Mapping[str, Any]) -> Problems:
+    """The target-block list's problem, if given and not a non-empty list of distinct decoder block indices >= 0."""
+    if "target_blocks" not in values:
+        return []
+    targets = [int(t) for t in values["target_blocks"]]
+    if targets and min(targets) >= 0 and len(set(targets)) == len(targets):
+        return []
+    return [("target_blocks", f"must be a non-empty list of distinct decoder block indices >= 0; got {targets}")]
+
+
+def _positive_problems(values: Mapping[str, Any], names: tuple[str, ...]) -> Problems:
+    """(field, problem) for each of the named fields given in `values` that is not a positive integer."""
+    return [(name, f"must be a positive integer; got {values[name]!r}") for name in names if name in values
+            and (isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] <= 0)]
+
+
+def raise_first_problem(config: object, problems: Problems) -> None:
+    """Raise ValueError('<Config>.<field> <problem>') for the first of a config's problems, if any."""
+    if problems:
+        name, problem = problems[0]
+        raise ValueError(f"{type(config).__name__}.{name} {problem}")
 
 
 @dataclass(frozen=True)
@@ -91,16 +101,23 @@ class LocalContextConfig:
     rope_theta: float = 10000.0
     timestep_scale: float = 1000.0
 
+    @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> Problems:
+        """(field, problem) for each failed check; fields missing from `values` go unchecked, so a caller that fills
+        the model-dependent ones later (the training config) can check the rest with these same rules now."""
+        found = _positive_problems(values, ("in_channels", "width", "num_blocks", "heads", "head_dim", "text_dim",
+                                            "model_dim", "mlp_ratio"))
+        head_dim, in_channels = values.get("head_dim"), values.get("in_channels")
+        if isinstance(head_dim, int) and head_dim % 2:
+            found.append(("head_dim", f"must be even for RoPE; got {head_dim}"))
+        if isinstance(in_channels, int) and in_channels < 2:
+            found.append(("in_channels", f"counts the latent channels plus the mask channel (>= 2); got {in_channels}"))
+        return found + _target_problems(values)
+
     def __post_init__(self) -> None:
-        """Validate the shape fields."""
-        _check_positive(self, ("in_channels", "width", "num_blocks", "heads", "head_dim", "text_dim", "model_dim",
-                               "mlp_ratio"))
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for RoPE; got {self.head_dim}")
-        if self.in_channels < 2:
-            raise ValueError(f"in_channels counts the latent channels plus the mask channel (>= 2); got "
-                             f"{self.in_channels}")
-        object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
+        """Validate the fields (:meth:`problems`); keep target_blocks sorted."""
+        raise_first_problem(self, self.problems(vars(self)))
+        object.__setattr__(self, "target_blocks", tuple(sorted(int(t) for t in self.target_blocks)))
 
     @property
     def noisy_channels(self) -> int:
@@ -126,10 +143,16 @@ class GlobalContextConfig:
     head_dim: int = 128
     target_blocks: tuple[int, ...] = field(default_factory=lambda: tuple(range(16)))
 
+    @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> Problems:
+        """(field, problem) for each failed check on the fields given in `values` (see LocalContextConfig)."""
+        return (_positive_problems(values, ("in_channels", "model_dim", "max_tokens", "heads", "head_dim"))
+                + _target_problems(values))
+
     def __post_init__(self) -> None:
-        """Validate the shape fields."""
-        _check_positive(self, ("in_channels", "model_dim", "max_tokens", "heads", "head_dim"))
-        object.__setattr__(self, "target_blocks", _check_targets("target_blocks", self.target_blocks))
+        """Validate the fields (:meth:`problems`); keep target_blocks sorted."""
+        raise_first_problem(self, self.problems(vars(self)))
+        object.__setattr__(self, "target_blocks", tuple(sorted(int(t) for t in self.target_blocks)))
 
 
 def _config_to_dict(config: LocalContextConfig | GlobalContextConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ model, keys or shapes raises `adapters.AdapterLoadError` naming it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..conditioning.text import TextConditioning
-from ..edit.adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError
+from ..edit.adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError, Problems, raise_first_problem
 from ..loading.weights_file import save_safetensors
 
 ADAPTER_KIND = "tma"
@@ -42,15 +43,21 @@ class TMAConfig:
     mlp_dim: int = 3584
     dropout: float = 0.1
 
+    @classmethod
+    def problems(cls, values: Mapping[str, Any]) -> Problems:
+        """(field, problem) for each failed check; fields missing from `values` go unchecked, so a caller that fills
+        the widths later (the training config: Qwen width from the features) can check the rest with these rules."""
+        found = [(name, f"must be >= 1; got {values[name]}") for name in ("qwen_dim", "text_dim", "num_tasks",
+                 "num_queries", "num_heads", "mlp_dim") if name in values and int(values[name]) < 1]
+        if not found and "qwen_dim" in values and "num_heads" in values and values["qwen_dim"] % values["num_heads"]:
+            found.append(("num_heads", f"must divide qwen_dim {values['qwen_dim']}; got {values['num_heads']}"))
+        if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
+            found.append(("dropout", f"must be in [0, 1); got {values['dropout']}"))
+        return found
+
     def __post_init__(self) -> None:
-        """Validate the widths."""
-        for name in ("qwen_dim", "text_dim", "num_tasks", "num_queries", "num_heads", "mlp_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TMAConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if self.qwen_dim % self.num_heads:
-            raise ValueError(f"qwen_dim {self.qwen_dim} is not divisible by num_heads {self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        """Validate the fields (:meth:`problems`)."""
+        raise_first_problem(self, self.problems(vars(self)))
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) for file metadata."""

@@ -16,8 +16,12 @@ graph (no per-kernel launch cost). Across edits (per process, checked by value a
 the LoRA hooks): :class:`StepCache` keeps the last prepared step of each kind with its graph — the same edit again
 reuses everything, another edit of the same token count refills the captured buffers — and :class:`EncoderCache`
 the SCD encoder output. Cold edits avoid cuDNN's per-shape attention plans where flash attention costs less
-(:func:`attention`), and the rotary embedding and the feed-forward GELU run in fewer kernels with the same arithmetic. LTX-2.3/2.5 blocks (gated attention, prompt AdaLN) are reproduced too: LTX-2.5's
-prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so the noisy
+(:func:`~editctrl_core.edit.prefix_attention.attention`), and the rotary embedding and the feed-forward GELU run in
+fewer kernels with the same arithmetic. The self-attention arithmetic under the one-way prefix (projections, rotary
+embedding, [prefix; own] keys/values, gated output) is :mod:`~editctrl_core.edit.prefix_attention`'s, the same
+functions the reference processors of :mod:`~editctrl_core.edit.kv_cache` call; this module adds the in-place prefix
+buffers and the fused norm/modulation/feed-forward around them. LTX-2.3/2.5 blocks (gated attention, prompt AdaLN)
+are reproduced too: LTX-2.5's prompt modulation is static, so everything above is cached; LTX-2.3 modulates the prompt by σ, so the noisy
 tokens' prompt keys/values are recomputed every step (the one-way prefix's use σ=0 and stay cached). Perturbed
 attention (STG) is not used by the edit sampler.
 """
@@ -28,117 +32,29 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GELU
-from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..conditioning.text import TextConditioning
 from .adapters import LocalContextModule
-from .scd import DEFAULT_FPS, DecodePlan, LTX2Stack, SCDModel, TextContext, per_prompt, shift_one_frame
+from .prefix_attention import (
+    BlockKV,
+    PrefixBuffer,
+    Rope,
+    SplitRope,
+    attention,
+    attention_out,
+    keys_with_prefix,
+    project_kv,
+    project_query,
+    split_rope,
+)
+from .scd import DEFAULT_FPS, DecodePlan, LTX2Stack, SCDModel, TextContext, TimeContext, per_prompt, shift_one_frame
 
-Rope = tuple[torch.Tensor, torch.Tensor]
 Branch = tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B,S,H·D] → [B,H,S,D]."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    """[B,H,S,D] → [B,S,H·D]."""
-    return x.transpose(1, 2).flatten(2)
-
-
-class SplitRope(NamedTuple):
-    """LTX-2's split rotary tables laid out token-major [B,S,H,1,D/2] (float32): cos, sin and −sin, so that one
-    rotation is four kernels on the projection as it comes out of the matmul (diffusers' runs six, two of them
-    float32 transposing copies, plus a negation every call). Same arithmetic, so the numbers are bit-identical."""
-
-    cos: torch.Tensor
-    sin: torch.Tensor
-    neg_sin: torch.Tensor
-
-
-def split_rope(rope: Rope | SplitRope, rope_type: str) -> Rope | SplitRope:
-    """Precompute :class:`SplitRope` tables from diffusers' (cos, sin) [B,H,S,D/2] (split rope only; other layouts
-    and already converted tables are returned as they are). Once per edit."""
-    if rope_type != "split" or isinstance(rope, SplitRope):
-        return rope
-    cos, sin = rope
-    if cos.ndim != 4:
-        return rope
-    cos_t = cos.float().permute(0, 2, 1, 3).unsqueeze(-2).contiguous()
-    sin_t = sin.float().permute(0, 2, 1, 3).unsqueeze(-2).contiguous()
-    return SplitRope(cos_t, sin_t, -sin_t)
-
-
-def _rotate_split(x: torch.Tensor, rope: SplitRope, out: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B,S,H·D] with token-major tables into out [B,S,H,2,D/2] (x's dtype, any strides): the float32
-    product x·cos once, then each half's float32 multiply-add rounded straight into `out` — diffusers' arithmetic
-    (upcast, multiply, two multiply-adds, one rounding) in three kernels."""
-    b, s = x.shape[:2]
-    heads, half = rope.cos.shape[2], rope.cos.shape[-1]
-    split = x.view(b, s, heads, 2, half)
-    prod = split * rope.cos  # bf16 × f32 → f32, as diffusers' upcast-then-multiply
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or rope.cos.requires_grad)):
-        # out= has no autograd and breaks dynamo graphs: the same arithmetic in place, then one rounding copy
-        prod[..., :1, :].addcmul_(split[..., 1:, :], rope.neg_sin)
-        prod[..., 1:, :].addcmul_(split[..., :1, :], rope.sin)
-        return out.copy_(prod)
-    torch.addcmul(prod[..., :1, :], split[..., 1:, :], rope.neg_sin, out=out[..., :1, :])
-    torch.addcmul(prod[..., 1:, :], split[..., :1, :], rope.sin, out=out[..., 1:, :])
-    return out
-
-
-def _apply_rope(x: torch.Tensor, rope: Rope | SplitRope, rope_type: str) -> torch.Tensor:
-    """LTX-2 rotary embedding on [B,S,H·D] projections (diffusers' own functions, or the same arithmetic on
-    :class:`SplitRope` tables, so the numbers are identical)."""
-    if isinstance(rope, SplitRope):
-        b, s = x.shape[:2]
-        out = x.new_empty(b, s, rope.cos.shape[2], 2, rope.cos.shape[-1])
-        return _rotate_split(x, rope, out).view(b, s, -1)
-    if rope_type == "split":
-        return apply_split_rotary_emb(x, rope)
-    return apply_interleaved_rotary_emb(x, rope)
-
-
-def _rope_heads_into(x: torch.Tensor, rope: Rope | SplitRope, rope_type: str, heads: int,
-                     out: torch.Tensor) -> None:
-    """Rotate x [B,S,H·D] and write it, heads split, into out [B,H,S,D] (on :class:`SplitRope` tables the rounding
-    writes straight into `out`: no separate copy)."""
-    if isinstance(rope, SplitRope):
-        _rotate_split(x, rope, out.transpose(1, 2).unflatten(-1, (2, -1)))
-    else:
-        out.copy_(_heads(_apply_rope(x, rope, rope_type), heads))
-
-
-# Attention kernels. cuDNN's fused attention (PyTorch's first choice on Hopper) builds an execution plan for every new
-# shape, about 50 ms each on an H200 — most of what a cold edit paid: the frame-causal encoder alone meets one shape per
-# latent frame. Flash attention has no per-shape plan and is somewhat slower per call. So a shape takes flash when the
-# time flash would lose over an edit (its FLOPs × the calls of that shape per edit, at an assumed ≈350 vs ≈550 TFLOP/s)
-# is below one plan build: the once-per-edit passes and the steps of small masks; large masks keep cuDNN, whose plan is
-# built once and replayed by the CUDA graph every step.
-PLAN_COST_FLOPS = 5e13
 STEPS_HINT = 30  # steps an edit runs (LTX-2's default), for a step's calls per edit
-_PLAN_FREE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-              repeats: int | None = None) -> torch.Tensor:
-    """scaled_dot_product_attention on [B,H,S,D]. ``repeats``: how often this shape runs per edit (None: many);
-    on CUDA a shape whose attention work over the edit is below :data:`PLAN_COST_FLOPS` avoids cuDNN's per-shape
-    plan. Same function, another kernel (rounding-level differences only)."""
-    if q.is_cuda and repeats is not None and not torch.compiler.is_compiling():
-        flops = 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3] * repeats
-        if flops < PLAN_COST_FLOPS:
-            with sdpa_kernel(_PLAN_FREE):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def _feed_forward(ff: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -187,41 +103,6 @@ def check_supported(stack: LTX2Stack, sigma_text: bool = True) -> None:
                                   "(LTX-2.3 prompt AdaLN): use the diffusers blocks")
 
 
-@dataclass
-class BlockKV:
-    """Keys/values of one attention input, heads split: [B,H,S,D] each."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-
-@dataclass
-class PrefixBuffer(BlockKV):
-    """[B,H,P+n,D] key/value buffers whose first P positions hold a cached prefix; each step writes its own n keys
-    and values behind it in place instead of concatenating (half the copying)."""
-
-    prefix_len: int = 0
-
-    @classmethod
-    def around(cls, prefix: BlockKV, n: int, out: PrefixBuffer | None = None) -> PrefixBuffer:
-        """Buffers for `prefix` followed by n more tokens (written into `out`'s storage when given: a buffer of the
-        same shape that a captured CUDA graph reads)."""
-        b, h, p, d = prefix.k.shape
-        if out is not None:
-            if tuple(out.k.shape) != (b, h, p + n, d) or out.prefix_len != p:
-                raise ValueError(f"prefix buffer {tuple(out.k.shape)} cannot hold {(b, h, p + n, d)}")
-            k, v = out.k, out.v
-        else:
-            k, v = prefix.k.new_empty(b, h, p + n, d), prefix.v.new_empty(b, h, p + n, d)
-        k[:, :, :p], v[:, :, :p] = prefix.k, prefix.v
-        return out if out is not None else cls(k, v, p)
-
-
-def text_kv(attn: torch.nn.Module, context: torch.Tensor) -> BlockKV:
-    """Prompt keys/values of an LTX2Attention (norm_k(to_k(text)), to_v(text)), computed once per edit."""
-    return BlockKV(_heads(attn.norm_k(attn.to_k(context)), attn.heads), _heads(attn.to_v(context), attn.heads))
-
-
 def block_text_kv(block: torch.nn.Module, context: torch.Tensor, temb_prompt: torch.Tensor | None) -> BlockKV:
     """A block's prompt keys/values, with the prompt AdaLN of LTX-2.3/2.5 blocks applied first (its static table,
     plus the σ embedding `temb_prompt` [B,1,2D] where the model has one)."""
@@ -231,16 +112,7 @@ def block_text_kv(block: torch.nn.Module, context: torch.Tensor, temb_prompt: to
             table = table + temb_prompt.reshape(temb_prompt.shape[0], temb_prompt.shape[1], 2, -1)
         shift, scale = table.unbind(dim=2)
         context = context * (1 + scale) + shift
-    return text_kv(block.attn2, context)
-
-
-def _attention_out(attn: torch.nn.Module, out: torch.Tensor, gate_source: torch.Tensor) -> torch.Tensor:
-    """Merge heads, apply the optional per-head gate, project out (as LTX2AudioVideoAttnProcessor)."""
-    out = _merge(out)
-    if attn.to_gate_logits is not None:
-        gates = 2.0 * torch.sigmoid(attn.to_gate_logits(gate_source))
-        out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
-    return attn.to_out[0](out)
+    return project_kv(block.attn2, context)
 
 
 def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int,
@@ -274,40 +146,24 @@ def video_block(block: torch.nn.Module, hidden: torch.Tensor, temb: torch.Tensor
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
     attn = block.attn1
     normed = _modulate(_norm(block.norm1, hidden), scale_msa, shift_msa)
-    q = _heads(_apply_rope(attn.norm_q(attn.to_q(normed)), rope, rope_type), attn.heads)
-    own = None
-    if isinstance(prefix, PrefixBuffer) and not keep_kv:
-        # the step's own keys are rotated straight into the buffer behind the cached prefix (no separate copy)
-        tail = slice(prefix.prefix_len, None)
-        _rope_heads_into(attn.norm_k(attn.to_k(normed)), rope, rope_type, attn.heads, prefix.k[:, :, tail])
-        prefix.v[:, :, tail].copy_(_heads(attn.to_v(normed), attn.heads))
-        k, v = prefix.k, prefix.v
-    else:
-        k = _heads(_apply_rope(attn.norm_k(attn.to_k(normed)), rope, rope_type), attn.heads)
-        v = _heads(attn.to_v(normed), attn.heads)
-        own = BlockKV(k, v) if keep_kv else None
-        if isinstance(prefix, PrefixBuffer):
-            prefix.k[:, :, prefix.prefix_len:].copy_(k)
-            prefix.v[:, :, prefix.prefix_len:].copy_(v)
-            k, v = prefix.k, prefix.v
-        elif prefix is not None:
-            k, v = torch.cat([prefix.k, k], dim=2), torch.cat([prefix.v, v], dim=2)
+    q = project_query(attn, normed, rope, rope_type)
+    kv, own = keys_with_prefix(attn, normed, rope, rope_type, prefix, keep_kv)
     if frame_tokens is not None:
-        out = frame_causal_attention(q, k, v, frame_tokens, repeats)
+        out = frame_causal_attention(q, kv.k, kv.v, frame_tokens, repeats)
     else:
-        out = attention(q, k, v, None if self_bias is None else self_bias.unsqueeze(1), repeats=repeats)
-    hidden = torch.addcmul(hidden, _attention_out(attn, out, normed), gate_msa)
+        out = attention(q, kv.k, kv.v, None if self_bias is None else self_bias.unsqueeze(1), repeats=repeats)
+    hidden = torch.addcmul(hidden, attention_out(attn, out, normed), gate_msa)
     attn = block.attn2
     normed = _norm(block.norm2, hidden)
     if block.video_cross_attn_adaln:
         shift_q, scale_q, gate_q = mods[6:9]
         normed = _modulate(normed, scale_q, shift_q)
-    q = _heads(attn.norm_q(attn.to_q(normed)), attn.heads)
+    q = project_query(attn, normed)
     mask = None if text_bias is None else text_bias.unsqueeze(1)
-    out = _attention_out(attn, attention(q, text.k, text.v, mask, repeats=repeats), normed)
+    out = attention_out(attn, attention(q, text.k, text.v, mask, repeats=repeats), normed)
     if branch is not None:
-        module, kv = branch
-        out = out + module(normed, None, None, kv).to(out.dtype)
+        module, branch_kv = branch
+        out = out + module(normed, None, None, branch_kv).to(out.dtype)
     if block.video_cross_attn_adaln:
         out = out * gate_q
     hidden = hidden + out
@@ -335,6 +191,10 @@ class PrefixStep(ABC):
     """A fast step with per-edit caches (prompt keys/values, rotary tables, prefix buffers) that a
     :class:`StepCache` refills in place for another edit of the same layout."""
 
+    stack: LTX2Stack
+    blocks: list[torch.nn.Module]
+    built: bool
+    sigma_text: bool
     rope: SplitRope
     text_bias: torch.Tensor | None
     text_video: torch.Tensor
@@ -344,6 +204,23 @@ class PrefixStep(ABC):
     @abstractmethod
     def build(self, prefix_into: list | None = None) -> PrefixStep:
         """Compute the per-edit caches (the prefix pass writing into `prefix_into` when given)."""
+
+    def cache_text(self) -> None:
+        """The blocks' prompt keys/values, once per edit unless the prompt is modulated by σ (LTX-2.3)."""
+        self.text_kv = None if self.sigma_text else [block_text_kv(b, self.text_video, None) for b in self.blocks]
+
+    def begin(self, sigma: torch.Tensor) -> tuple[torch.Tensor, TimeContext]:
+        """(σ [B] as float32 on the model's device, its modulation) for a step, building deferred caches first."""
+        if not self.built:
+            self.build()
+        sigma = sigma.to(self.stack.device, torch.float32)
+        return sigma, self.stack.time(sigma, sigma)
+
+    def text_at(self, temb_prompt: torch.Tensor | None) -> list[BlockKV]:
+        """The blocks' prompt keys/values at the σ of `temb_prompt`: the per-edit ones where they are cached."""
+        if self.text_kv is not None:
+            return self.text_kv
+        return [block_text_kv(b, self.text_video, temb_prompt) for b in self.blocks]
 
     def step_tensors(self) -> list[torch.Tensor | None]:
         """The per-edit tensors a step reads besides the prefix buffers (what a refill copies)."""
@@ -471,18 +348,13 @@ class FastDecoder(PrefixStep):
         """Compute the per-edit caches: prompt keys/values and, with the one-way prefix, the prefix pass (its
         keys/values written into `prefix_into` when given)."""
         s, batch, text = self.stack, self.batch, self.text
-        self.text_kv = None if self.sigma_text else [block_text_kv(b, text.video, None) for b in self.blocks]
+        self.cache_text()
         if self.scd.local is not None:
             tokens = self.plan.extras["local_tokens"].expand(batch, -1, -1)
             self.local = FastLocal(self.scd.local, tokens, self.plan.extras["local_coords"], text.video,
                                    text.key_bias())
-        if self.one_way:
-            prefix_text = self.text_kv
-            if prefix_text is None:  # the prefix's prompt is modulated at its own σ=0 (see SCDModel.decode)
-                zero = torch.zeros(batch, device=s.device)
-                temb_prompt = s.time(zero, zero).temb_prompt
-                prefix_text = [block_text_kv(b, text.video, temb_prompt) for b in self.blocks]
-            self.prefix_kv = self._prefix_pass(prefix_text, prefix_into)
+        if self.one_way:  # the prefix's prompt is modulated at its own σ=0 (see SCDModel.decode)
+            self.prefix_kv = self._prefix_pass(self.text_at(s.clean_time(batch).temb_prompt), prefix_into)
         self.built = True
         return self
 
@@ -505,16 +377,11 @@ class FastDecoder(PrefixStep):
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the selected noisy tokens x [B,n,C] at σ [B] (float32 σ on the model's device)."""
-        if not self.built:
-            self.build()
         s, n = self.stack, self.n
-        sigma = sigma.to(s.device, torch.float32)
-        time = s.time(sigma, sigma)
+        sigma, time = self.begin(sigma)
         noisy = s.model.proj_in(x.to(s.device, s.dtype))
         residuals = self.local(sigma, x) if self.local is not None else {}
-        text = self.text_kv
-        if text is None:
-            text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
+        text = self.text_at(time.temb_prompt)
         prefix_kv = self.prefix_kv
         if self.one_way:
             hidden, temb, rope = noisy, time.temb, self.rope
@@ -589,8 +456,7 @@ def fast_encode(scd: SCDModel, background: torch.Tensor, grid: tuple[int, int, i
     s = scd.stack
     background = per_prompt(background, text)
     batch = background.shape[0]
-    sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
-    time = s.time(sigma, sigma)
+    time = s.clean_time(batch)
     fast = FastStack(s, text, range(scd.split_layer), time.temb_prompt)
     rope = split_rope(s.rope(s.video_coords(grid, batch, fps)), fast.rope_type)
     hidden = s.model.proj_in(background.to(s.device, s.dtype))

@@ -1,4 +1,6 @@
-"""Key/value caching for LTX-2 video self-attention, so the frame-causal SCD encoder can run window by window.
+"""Key/value caching for LTX-2 video self-attention: diffusers attention processors for the frame-causal SCD encoder
+run window by window and for the one-way prefix (the reference paths; the arithmetic is
+:mod:`~editctrl_core.edit.prefix_attention`'s, shared with the fast blocks).
 
 Because the encoder is frame-causal, a token's features at every block depend only on its own and earlier frames;
 caching each block's (normed, rotated) keys and values of earlier windows therefore reproduces the single-pass
@@ -7,73 +9,87 @@ encoder exactly (up to float summation order) while holding only one window's ac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
 
-Rope = tuple[torch.Tensor, torch.Tensor]
-
-
-def _project(attn, hidden_states: torch.Tensor, query_rotary_emb: Rope | None, key_rotary_emb: Rope | None
-             ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(gate logits, rotated query, rotated key, value) of an LTX2Attention's self-attention input."""
-    gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
-    query = attn.norm_q(attn.to_q(hidden_states))
-    key = attn.norm_k(attn.to_k(hidden_states))
-    value = attn.to_v(hidden_states)
-    if query_rotary_emb is not None:
-        rotate = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
-        query = rotate(query, query_rotary_emb)
-        key = rotate(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
-    return gate_logits, query, key, value
+from .prefix_attention import (
+    BlockKV,
+    Rope,
+    attention,
+    attention_out,
+    keys_with_prefix,
+    one_way_attention,
+    project_query,
+)
 
 
-def _heads(attn, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """[B,S,H·D] → [B,H,S,D] for each tensor."""
-    return [t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in tensors]
+@dataclass
+class SelfAttentionCall:
+    """One `attn1` call as a processor receives it: the module, its (normed, modulated) input, the rotary tables of
+    the queries and keys (as diffusers: the query table unless the keys have their own; none without a query table)
+    and the additive mask."""
+
+    attn: torch.nn.Module
+    hidden: torch.Tensor
+    query_rope: Rope | None
+    key_rope: Rope | None
+    mask: torch.Tensor | None
+
+    def project(self, prefix: BlockKV | None = None, keep: bool = False
+                ) -> tuple[torch.Tensor, BlockKV, BlockKV | None]:
+        """(queries, keys/values [prefix; own], own ones when `keep`), rotated as diffusers' processor does."""
+        attn = self.attn
+        q = project_query(attn, self.hidden, self.query_rope, attn.rope_type)
+        kv, own = keys_with_prefix(attn, self.hidden, self.key_rope, attn.rope_type, prefix, keep)
+        return q, kv, own
+
+    def output(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The block's attention output from [B,H,S,D] attention of queries `q` (gate, output projection)."""
+        return attention_out(self.attn, out, self.hidden, q.dtype)
+
+    def attend(self, prefix: BlockKV | None = None, keep: bool = False) -> tuple[torch.Tensor, BlockKV, BlockKV | None]:
+        """(output, keys/values attended to, own ones when `keep`) of self-attention over [prefix; own]."""
+        q, kv, own = self.project(prefix, keep)
+        bias = None if self.mask is None else self.mask.unsqueeze(1).to(q.dtype)
+        return self.output(q, attention(q, kv.k, kv.v, bias)), kv, own
 
 
-def _output(attn, out: torch.Tensor, gate_logits: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """[B,H,S,D] attention output → merged heads, per-head gates, output projection."""
-    out = out.transpose(1, 2).flatten(2).to(dtype)
-    if gate_logits is not None:
-        out = (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2)
-    return attn.to_out[1](attn.to_out[0](out))
+class SelfAttentionProcessor(ABC):
+    """A diffusers attention processor for an LTX-2 block's video self-attention (``attn1``) that this pack
+    computes itself; ``masked`` off: it refuses an attention mask."""
+
+    masked = True
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, query_rotary_emb: Rope | None = None,
+                 key_rotary_emb: Rope | None = None, **_: object) -> torch.Tensor:
+        if encoder_hidden_states is not None or (not self.masked and attention_mask is not None):
+            raise ValueError(f"{type(self).__name__} serves {'' if self.masked else 'unmasked '}self-attention only")
+        key_rope = key_rotary_emb if key_rotary_emb is not None and query_rotary_emb is not None else query_rotary_emb
+        return self.run(SelfAttentionCall(attn, hidden_states, query_rotary_emb, key_rope, attention_mask))
+
+    @abstractmethod
+    def run(self, call: SelfAttentionCall) -> torch.Tensor:
+        """The attention output of one call."""
 
 
-def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, gate_logits: torch.Tensor | None,
-            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention over [B,S,H·D] projections, per-head gates, output projection."""
-    q, k, v = _heads(attn, query, key, value)
-    bias = None if attention_mask is None else attention_mask.unsqueeze(1).to(q.dtype)
-    return _output(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=bias), gate_logits, query.dtype)
-
-
-class CachedSelfAttention:
+class CachedSelfAttention(SelfAttentionProcessor):
     """Attention processor for a block's `attn1` that prepends cached keys/values of earlier windows (``keep``: add
     this call's own to the cache; off, a call attends to the cache without changing it)."""
 
     def __init__(self) -> None:
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+        self.cache: BlockKV | None = None
         self.keep = True
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
-                 query_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None, **_: object) -> torch.Tensor:
-        if encoder_hidden_states is not None:
-            raise ValueError("CachedSelfAttention only serves self-attention")
-        gate_logits, query, key, value = _project(attn, hidden_states, query_rotary_emb, key_rotary_emb)
-        if self.keys is not None:
-            key = torch.cat([self.keys, key], dim=1)
-            value = torch.cat([self.values, value], dim=1)
+    def run(self, call: SelfAttentionCall) -> torch.Tensor:
+        out, kv, _ = call.attend(self.cache)
         if self.keep:
-            self.keys, self.values = key, value
-        return _attend(attn, query, key, value, gate_logits, attention_mask)
+            self.cache = kv
+        return out
 
 
 @contextmanager
@@ -106,40 +122,47 @@ class PrefixAttention(CachedSelfAttention):
     """
 
     mode = "record"
+    masked = False
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
-                 query_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None, **_: object) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("PrefixAttention serves unmasked self-attention only")
-        gate_logits, query, key, value = _project(attn, hidden_states, query_rotary_emb, key_rotary_emb)
+    def run(self, call: SelfAttentionCall) -> torch.Tensor:
         if self.mode == "record":
-            if self.keys is None:
-                self.keys, self.values = key, value
-        else:
-            if self.keys is None:
-                raise RuntimeError("PrefixAttention: the prefix pass must run before the noisy tokens")
-            key, value = torch.cat([self.keys, key], dim=1), torch.cat([self.values, value], dim=1)
-        return _attend(attn, query, key, value, gate_logits)
+            out, _, own = call.attend(keep=True)
+            if self.cache is None:
+                self.cache = own
+            return out
+        if self.cache is None:
+            raise RuntimeError("PrefixAttention: the prefix pass must run before the noisy tokens")
+        return call.attend(self.cache)[0]
 
 
-class OneWayPrefixAttention:
+class OneWayPrefix:
+    """The reference one-way prefix over a range of blocks: one :class:`PrefixAttention` per block, and the
+    per-block contexts (``LTX2Stack.run_blocks``' ``around_block``) of the prefix pass and of the noisy pass."""
+
+    def __init__(self, indices: range, install: Callable[[int, PrefixAttention], AbstractContextManager]):
+        """`install(index, processor)`: a context that sets block `index`'s self-attention processor."""
+        self.caches = {i: PrefixAttention() for i in indices}
+        self.install = install
+
+    def around(self, mode: str) -> Callable[[int], AbstractContextManager]:
+        """Per-block context with its processor in `mode` ("record": the prefix pass; "prepend": the noisy one),
+        set again when gradient checkpointing recomputes the block."""
+        def enter(index: int) -> AbstractContextManager:
+            self.caches[index].mode = mode
+            return self.install(index, self.caches[index])
+        return enter
+
+
+class OneWayPrefixAttention(SelfAttentionProcessor):
     """Attention processor for a decoder block's `attn1` over [prefix; noisy] (the first `prefix_tokens` are the
     prefix): the prefix attends to itself only, the noisy tokens to everything. Two unmasked (flash) attention calls
     instead of one over a [2n,2n] mask, in a single block call (so FSDP and gradient checkpointing see one use)."""
 
+    masked = False
+
     def __init__(self, prefix_tokens: int) -> None:
         self.prefix_tokens = prefix_tokens
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, query_rotary_emb: Rope | None = None,
-                 key_rotary_emb: Rope | None = None, **_: object) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("OneWayPrefixAttention serves unmasked self-attention only")
-        gate_logits, query, key, value = _project(attn, hidden_states, query_rotary_emb, key_rotary_emb)
-        n = self.prefix_tokens
-        q, k, v = _heads(attn, query, key, value)
-        prefix = F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n])
-        noisy = F.scaled_dot_product_attention(q[:, :, n:], k, v)
-        return _output(attn, torch.cat([prefix, noisy], dim=2), gate_logits, query.dtype)
+    def run(self, call: SelfAttentionCall) -> torch.Tensor:
+        q, kv, _ = call.project()
+        return call.output(q, one_way_attention(q, kv, self.prefix_tokens))

@@ -23,7 +23,7 @@ from ..conditioning.text import TextConditioning
 from ..loading.scd_metadata import PREFIX_MODES
 from .adapters import GlobalContextEmbedder, LocalContextModule, local_context_tokens, token_coords
 from .context import DEFAULT_FPS
-from .kv_cache import CachedSelfAttention, OneWayPrefixAttention, PrefixAttention, cached_self_attention, installed
+from .kv_cache import CachedSelfAttention, OneWayPrefix, OneWayPrefixAttention, cached_self_attention, installed
 
 MASK_BIAS = -10000.0
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -140,6 +140,11 @@ class LTX2Stack:
             temb_prompt = temb_prompt.view(batch, -1, temb_prompt.shape[-1])
             temb_prompt_audio = temb_prompt_audio.view(batch, -1, temb_prompt_audio.shape[-1])
         return TimeContext(temb, embedded, temb_audio, temb_prompt, temb_prompt_audio)
+
+    def clean_time(self, batch: int) -> TimeContext:
+        """Modulation of clean tokens at σ=0 (the encoder, a one-way prefix) for a batch of `batch`."""
+        zero = torch.zeros(batch, device=self.device, dtype=torch.float32)
+        return self.time(zero, zero)
 
     @property
     def prompt_depends_on_sigma(self) -> bool:
@@ -335,8 +340,7 @@ class SCDModel:
         s = self.stack
         background = per_prompt(background, text)
         batch = background.shape[0]
-        sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
-        time = s.time(sigma, sigma)
+        time = s.clean_time(batch)
         rotary = s.rope(s.video_coords(grid, batch, fps))
         bias = frame_causal_bias(grid, s.device, s.dtype) if self.options.causal else None
         if bias is not None:
@@ -361,8 +365,7 @@ class SCDModel:
         per_frame = h * w
         background = per_prompt(background, text)
         batch = background.shape[0]
-        sigma = torch.zeros(batch, device=s.device, dtype=torch.float32)
-        time = s.time(sigma, sigma)
+        time = s.clean_time(batch)
         coords = s.video_coords(grid, batch, fps)
         frame_of = torch.arange(f, device=s.device).repeat_interleave(per_frame)
         text_ctx = s.text(text)
@@ -399,8 +402,7 @@ class SCDModel:
             prefix = prefix.expand(batch, -1, -1)
         if self.options.concat:
             rotary = s.rope(torch.cat([coords, coords], dim=2))
-            zero = torch.zeros(batch, device=s.device)
-            prefix_time = s.time(zero, zero).temb.expand(-1, index.numel(), -1)
+            prefix_time = s.clean_time(batch).temb.expand(-1, index.numel(), -1)
         else:
             rotary = s.rope(coords)
             prefix_time = torch.empty(0, device=s.device)
@@ -502,15 +504,10 @@ class SCDModel:
 
         @contextmanager
         def enter(index: int) -> Iterator[None]:
-            attn = self.stack.model.transformer_blocks[index].attn1
-            original = attn.processor
-            if processor is not None:
-                attn.set_processor(processor)
-            try:
-                with self._global_branch(plan, index) if self.global_context is not None else nullcontext():
-                    yield
-            finally:
-                attn.set_processor(original)
+            block = self.stack.model.transformer_blocks[index]
+            with (installed([block], [processor]) if processor is not None else nullcontext(),
+                  self._global_branch(plan, index) if self.global_context is not None else nullcontext()):
+                yield
         return enter
 
     def _one_way_passes(self, plan: DecodePlan, noisy: torch.Tensor, time: TimeContext,
@@ -520,27 +517,19 @@ class SCDModel:
         the noisy tokens attending to [prefix; own]. Modulating the prefix's prompt at σ=0 is what makes it cacheable
         across steps. Each block runs twice per call, which FSDP-sharded blocks do not support."""
         s, n = self.stack, noisy.shape[1]
-        batch = noisy.shape[0]
-        zero = torch.zeros(batch, device=s.device)
-        prefix_time = s.time(zero, zero)
+        prefix_time = s.clean_time(noisy.shape[0])
         rotary = s.rope(plan.coords)
         prefix_text, noisy_text = plan.text, plan.text
         bias = plan.text.video_bias
         if bias is not None and bias.shape[1] == 2 * n:
             prefix_text = replace(plan.text, video_bias=bias[:, :n])
             noisy_text = replace(plan.text, video_bias=bias[:, n:])
-        caches = {i: PrefixAttention() for i in range(self.split_layer, s.num_layers)}
-
-        def around(mode: str) -> Callable[[int], AbstractContextManager]:
-            def enter(index: int) -> AbstractContextManager:
-                caches[index].mode = mode  # set again when checkpointing recomputes the block
-                return self._around_blocks(plan, caches[index])(index)
-            return enter
-
+        prefix = OneWayPrefix(range(self.split_layer, s.num_layers),
+                              lambda index, cache: self._around_blocks(plan, cache)(index))
         s.run_blocks(plan.prefix, self.split_layer, s.num_layers, prefix_text, prefix_time, rotary, None, None,
-                     around("record"))
+                     prefix.around("record"))
         return s.run_blocks(noisy, self.split_layer, s.num_layers, noisy_text, time, rotary, None, after,
-                            around("prepend"))
+                            prefix.around("prepend"))
 
     def forward_split(self, x: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int, int],
                       text: TextConditioning, fps: float = DEFAULT_FPS) -> torch.Tensor:
@@ -575,8 +564,7 @@ class WindowEncoder:
         self.scd, self.grid, self.text = scd, grid, text
         self.per_frame = grid[1] * grid[2]
         batch = text.embeds.shape[0]
-        zero = torch.zeros(batch, device=s.device, dtype=torch.float32)
-        self.time = s.time(zero, zero)
+        self.time = s.clean_time(batch)
         self.text_ctx = s.text(text)
         self.coords = s.video_coords(grid, batch, fps)
         self.blocks = [s.model.transformer_blocks[i] for i in range(scd.split_layer)]

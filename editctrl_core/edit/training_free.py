@@ -17,20 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from ..conditioning.text import TextConditioning
-from .fast_decode import (
-    STEPS_HINT,
-    BlockKV,
-    PrefixBuffer,
-    PrefixStep,
-    SplitRope,
-    block_text_kv,
-    live_bias,
-    prefix_pass,
-    split_rope,
-    tensor_layout,
-    video_block,
-)
-from .kv_cache import PrefixAttention, installed
+from .fast_decode import STEPS_HINT, PrefixStep, live_bias, prefix_pass, tensor_layout, video_block
+from .kv_cache import OneWayPrefix, installed
+from .prefix_attention import BlockKV, PrefixBuffer, SplitRope, split_rope
 from .scd import DEFAULT_FPS, MASK_BIAS, LTX2Stack, TextContext
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -89,20 +78,13 @@ class MaskLocalModel:
         (its self-attention keys/values kept), then the edit tokens attending to [background; own]."""
         s = self.stack
         sigma = sigma.to(s.device, torch.float32)
-        zero = torch.zeros_like(sigma)
-        caches = {i: PrefixAttention() for i in range(s.num_layers)}
-
-        def around(mode: str):
-            def enter(index: int):
-                caches[index].mode = mode
-                return installed([s.model.transformer_blocks[index]], [caches[index]])
-            return enter
-
         attend = None
         if plan.background.shape[1]:
-            s.run_blocks(plan.background, 0, s.num_layers, plan.background_text, s.time(zero, zero),
-                         plan.background_rope, None, None, around("record"))
-            attend = around("prepend")
+            prefix = OneWayPrefix(range(s.num_layers),
+                                  lambda index, cache: installed([s.model.transformer_blocks[index]], [cache]))
+            s.run_blocks(plan.background, 0, s.num_layers, plan.background_text, s.clean_time(sigma.shape[0]),
+                         plan.background_rope, None, None, prefix.around("record"))
+            attend = prefix.around("prepend")
         time = s.time(sigma, sigma)
         hidden = s.model.proj_in(x.to(s.device, s.dtype))
         hidden = s.run_blocks(hidden, 0, s.num_layers, plan.text, time, plan.rope, None, None, attend)
@@ -157,15 +139,10 @@ class FastMaskLocal(PrefixStep):
     def build(self, prefix_into: list[PrefixBuffer | None] | None = None) -> FastMaskLocal:
         """Compute the prompt keys/values and the background pass (its keys/values written into `prefix_into`
         when given)."""
-        s, batch = self.stack, self.batch
-        self.text_kv = None if self.sigma_text else [block_text_kv(b, self.text_video, None) for b in self.blocks]
-        zero = torch.zeros(batch, device=s.device)
-        background_time = s.time(zero, zero)
-        background_text = self.text_kv
-        if background_text is None:
-            background_text = [block_text_kv(b, self.text_video, background_time.temb_prompt) for b in self.blocks]
+        self.cache_text()
         if self.plan.background.shape[1]:
-            self.prefix_kv = self._background_pass(background_time.temb[:, :1], background_text, prefix_into)
+            clean = self.stack.clean_time(self.batch)
+            self.prefix_kv = self._background_pass(clean.temb[:, :1], self.text_at(clean.temb_prompt), prefix_into)
         self.built = True
         return self
 
@@ -179,14 +156,9 @@ class FastMaskLocal(PrefixStep):
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Velocity [B,n,C] of the edit tokens x [B,n,C] at σ [B]."""
-        if not self.built:
-            self.build()
         s = self.stack
-        sigma = sigma.to(s.device, torch.float32)
-        time = s.time(sigma, sigma)
-        text = self.text_kv
-        if text is None:
-            text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
+        _, time = self.begin(sigma)
+        text = self.text_at(time.temb_prompt)
         hidden = s.model.proj_in(x.to(s.device, s.dtype))
         for i, block in enumerate(self.blocks):
             hidden, _ = self.block_fn(block, hidden, time.temb, self.rope, self.rope_type, text[i],
@@ -206,9 +178,7 @@ class FastMaskLocal(PrefixStep):
         sigma = sigma.to(s.device, torch.float32)
         sigma_tokens = torch.cat([sigma.new_zeros(batch, p), sigma[:, None].expand(batch, self.n)], dim=1)
         time = s.time(sigma_tokens, sigma)
-        text = self.text_kv
-        if text is None:
-            text = [block_text_kv(b, self.text_video, time.temb_prompt) for b in self.blocks]
+        text = self.text_at(time.temb_prompt)
         rope, bias = self._joint()
         hidden = torch.cat([self.plan.background, s.model.proj_in(x.to(s.device, s.dtype))], dim=1)
         for i, block in enumerate(self.blocks):

@@ -337,10 +337,10 @@ class Probe:
                 parts["prepare_s"] += now(dev) - t
                 prepared.append(getattr(cache, "last", "n/a") if cache is not None else "n/a")
 
-                def call(x, sigma):
+                def call(x, sigma, *refreshing):
                     if first[0] is None:
                         first[0] = now(dev)
-                    return step(x, sigma)
+                    return step(x, sigma, *refreshing)
                 return call
             return wrapper
 
@@ -444,6 +444,7 @@ def job_edits(spec: dict[str, Any]) -> dict[str, Any]:
             rec = probe.run(scd, contexts[seed], positive, negative if cfg else None, settings)
         rec.update({k: edit[k] for k in ("mode", "mask_fraction", "cfg", "kind")})
         rec["cold"] = edit["kind"] == "cold"
+        rec["background_refresh"] = getattr(settings, "refreshes", 0)
         out["records"].append(rec)
         print(f"  {edit['mode']} {edit['mask_fraction']:.0%}{' cfg' if cfg else ''} {edit['kind']}: setup "
               f"{rec['setup_s']:.3f} s ({', '.join(f'{k} {v:.3f}' for k, v in rec['setup_parts'].items())}), "

@@ -13,7 +13,14 @@ from ..editctrl_core.edit.blend import BLEND_MODES, BlendSettings, composite
 from ..editctrl_core.edit.context import DEFAULT_FPS, GEOMETRY_MODES, EditContext, prepare_edit
 from ..editctrl_core.edit.geometry import GeometryError
 from ..editctrl_core.edit.guidance import DEFAULT_CFG, DEFAULT_RESCALE
-from ..editctrl_core.edit.sampler import DEFAULT_WINDOW_OVERLAP, SCHEDULERS, EditResult, Region, SamplerSettings
+from ..editctrl_core.edit.sampler import (
+    DEFAULT_BACKGROUND_REFRESH,
+    DEFAULT_WINDOW_OVERLAP,
+    SCHEDULERS,
+    EditResult,
+    Region,
+    SamplerSettings,
+)
 from ..editctrl_core.edit.schedules import AUTO
 from ..editctrl_core.editmodel import EDIT_MODES, EditModel
 from ..editctrl_core.media.vae import decode_latents
@@ -140,11 +147,12 @@ class EditCtrlSampler(io.ComfyNode):
                 io.Int.Input("window_overlap", default=DEFAULT_WINDOW_OVERLAP, min=0, max=64, optional=True,
                              tooltip="With window_frames (scd): each window also re-denoises this many latent "
                                      "frames before it, held to their edit, so windows join without a seam."),
-                io.Int.Input("background_refresh", default=0, min=0, max=200, optional=True,
+                io.Int.Input("background_refresh", default=DEFAULT_BACKGROUND_REFRESH, min=0, max=200, optional=True,
                              tooltip="training_free only: this many steps (evenly spaced) run the whole clip as "
                                      "'full' does, so the background sees the edit; the steps after them use it. "
                                      "0 = mask-local cost; each refresh costs one full step; = steps: the full "
-                                     "edit."),
+                                     "edit. The default 2 brings the edit within 1% of full on the base oracle "
+                                     "(one-way: 44% above)."),
             ],
             outputs=[EditLatents.Output(display_name="latents", tooltip="The edited latents (for EditCtrl Decode).")],
         )
@@ -155,7 +163,7 @@ class EditCtrlSampler(io.ComfyNode):
                 negative: TextConditioning | None = None, blend: BlendSettings | None = None,
                 regions: list[Region] | None = None, compile: bool = False, mode: str = "auto",
                 scheduler: str = AUTO, guidance_rescale: float = DEFAULT_RESCALE,
-                sigmas: torch.Tensor | None = None, background_refresh: int = 0,
+                sigmas: torch.Tensor | None = None, background_refresh: int = DEFAULT_BACKGROUND_REFRESH,
                 window_overlap: int = DEFAULT_WINDOW_OVERLAP) -> io.NodeOutput:
         settings = SamplerSettings(steps=steps, seed=seed, cfg=cfg, shift=shift, dilation=dilation, strength=strength,
                                    blend=blend or BlendSettings(), window_frames=window_frames, compile=compile,

@@ -69,6 +69,11 @@ def test_shipped_oracle_numbers_are_the_recipes_own(tmp_path) -> None:
     for mode in ("full", "training_free"):
         assert doc[mode] <= 0.5 * doc["grey_fill"], (mode, doc)
     assert doc["details"]["dilation"] == 0
+    from editctrl_core.edit.sampler import DEFAULT_BACKGROUND_REFRESH
+
+    assert doc["details"]["training_free_row"] == bo.refresh_name(DEFAULT_BACKGROUND_REFRESH)
+    assert doc["training_free"] <= 1.10 * doc["full"], doc
+    assert doc["details"]["training_free_vs_full"]["latent"] <= 0.10, doc["details"]["training_free_vs_full"]
 
 
 def test_runs_in_about_a_minute(small_run: dict) -> None:

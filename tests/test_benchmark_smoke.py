@@ -89,8 +89,10 @@ def cached_on_cpu():
     ENCODER_CACHE.clear()
 
 
-@pytest.mark.parametrize("mode", ["scd", "training_free"])
-def test_cross_edit_caches_are_exact(cached_on_cpu, mode):
+@pytest.mark.parametrize("mode, refresh", [("scd", 0), ("training_free", 0), ("training_free", 2)])
+def test_cross_edit_caches_are_exact(cached_on_cpu, mode, refresh):
+    """A cached step serves the same edit, another seed and another clip exactly as a fresh one; after background
+    refreshes (which rewrite the cached prefix) the same edit recomputes the prefix instead of reusing it."""
     product = load_product(None)
     model = build_transformer(load_preset("tiny"))
     scd = SCDModel(model, SCDOptions(split_layer=load_preset("tiny").split_layer))
@@ -104,7 +106,8 @@ def test_cross_edit_caches_are_exact(cached_on_cpu, mode):
     def edit(ctx, text, seed, cached):
         STEP_CACHE.enabled = cached
         try:
-            settings = SamplerSettings(steps=3, seed=seed, cfg=3.0, mode=mode, blend=BlendSettings())
+            settings = SamplerSettings(steps=3, seed=seed, cfg=3.0, mode=mode, blend=BlendSettings(),
+                                       background_refresh=refresh)
             return sample_edit(scd, ctx, text, negative, settings).latents
         finally:
             STEP_CACHE.enabled = True
@@ -113,10 +116,11 @@ def test_cross_edit_caches_are_exact(cached_on_cpu, mode):
         fresh_a = edit(ctx_a, text_a, 0, cached=False)
         first = edit(ctx_a, text_a, 0, cached=True)
         assert STEP_CACHE.last == "built"
+        reused = "same edit, prefix recomputed" if refresh else "same edit"
         again = edit(ctx_a, text_a, 0, cached=True)
-        assert STEP_CACHE.last == "same edit"
+        assert STEP_CACHE.last == reused
         other_seed = edit(ctx_a, text_a, 1, cached=True)
-        assert STEP_CACHE.last == "same edit"
+        assert STEP_CACHE.last == reused
         refilled = edit(ctx_b, text_b, 0, cached=True)
         assert STEP_CACHE.last == "refilled"
         fresh_b = edit(ctx_b, text_b, 0, cached=False)

@@ -181,7 +181,8 @@ def test_pretrained_modes_edit_inside_and_keep_the_source_outside(mode, window_f
     from editctrl_core.edit.sampler import SamplerSettings, sample_edit
 
     scd, ctx, positive, negative = _sampler_setup()
-    settings = SamplerSettings(steps=3, seed=2, cfg=3.0, mode=mode, window_frames=window_frames, blend=None)
+    settings = SamplerSettings(steps=3, seed=2, cfg=3.0, mode=mode, window_frames=window_frames, blend=None,
+                               background_refresh=0)  # one-way, as the reference path runs it
     result = sample_edit(scd, ctx, positive, negative, settings)
     inside = result.edit_tokens[None, None].expand_as(ctx.source_latents)
     assert torch.equal(result.latents[~inside], ctx.source_latents[~inside])
@@ -192,6 +193,8 @@ def test_pretrained_modes_edit_inside_and_keep_the_source_outside(mode, window_f
                             SamplerSettings(steps=3, seed=2, cfg=3.0, mode=mode, window_frames=window_frames,
                                             blend=None, fast=False))
     torch.testing.assert_close(result.latents, reference.latents, atol=1e-4, rtol=1e-4)
+    if mode == "training_free":
+        assert any("ran one-way" in n for n in reference.notes), reference.notes
 
 
 def test_cfg_negative_branch_of_training_free_is_the_negative_prompt_alone():
@@ -263,11 +266,11 @@ def test_a_refresh_step_is_the_full_step_and_rewrites_the_background(layout):
     with torch.no_grad():
         plan = free.plan(index, tokens, GRID, text, background_index=background, text_keep=keep[:, index],
                          background_keep=keep[:, background])
-        fresh, refreshed = FastMaskLocal(free, plan), FastMaskLocal(free, plan, refreshes=True)
-        assert fresh.reusable and not refreshed.reusable
+        fresh, refreshed = FastMaskLocal(free, plan), FastMaskLocal(free, plan)
         sigma = torch.full((2,), 0.6)
         ref = full.decode(full.plan(index, tokens, GRID, text, text_keep=keep), x, sigma)
         torch.testing.assert_close(refreshed.refresh(x, sigma), ref, atol=3e-5, rtol=1e-5)
+        assert refreshed.dirty and not fresh.dirty, "a step cache must know the prefix was rewritten"
         later = torch.full((2,), 0.3)
         one_way, after = fresh(x, later), refreshed(x, later)
         assert (one_way - after).abs().max() > 1e-4, "the refreshed background must reach the edit tokens"
@@ -305,19 +308,22 @@ def test_refreshing_every_step_is_the_full_edit_and_the_source_stays_outside():
     torch.testing.assert_close(every.latents, full.latents, atol=1e-4, rtol=1e-4)
     once = sample_edit(scd, ctx, positive, negative,
                        SamplerSettings(mode="training_free", background_refresh=1, **common))
-    never = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="training_free", **common))
+    never = sample_edit(scd, ctx, positive, negative,
+                        SamplerSettings(mode="training_free", background_refresh=0, **common))
     inside = once.edit_tokens[None, None].expand_as(ctx.source_latents)
     assert torch.equal(once.latents[~inside], ctx.source_latents[~inside])
     assert once.decoder_calls == never.decoder_calls == 3
     assert (once.latents - never.latents).abs().max() > 1e-4
     assert (once.latents - full.latents).abs().max() > 1e-5, "one refresh of three steps is not the full edit"
-    scd_run = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="full", background_refresh=2, **common))
+    scd_run = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="full", background_refresh=3, **common))
     assert any("background_refresh applies to the training_free mode only" in n for n in scd_run.notes)
+    default = sample_edit(scd, ctx, positive, negative, SamplerSettings(mode="full", **common))
+    assert not any("background_refresh" in n for n in default.notes), "the default is not the user's choice"
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(background_refresh=-1), "background_refresh must be >= 0"),
-    (dict(background_refresh=2, fast=False), "background_refresh runs on the fast mask-local path"),
+    (dict(background_refresh=3, fast=False), "background_refresh runs on the fast mask-local path"),
 ])
 def test_bad_background_refresh_is_refused(kwargs, message):
     from editctrl_core.edit.sampler import SamplerSettings

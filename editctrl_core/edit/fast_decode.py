@@ -200,6 +200,8 @@ class PrefixStep(ABC):
     text_video: torch.Tensor
     text_kv: list[BlockKV] | None
     prefix_kv: list[PrefixBuffer | None] | None
+    #: the prefix no longer holds what :meth:`build` computed (a refresh rewrote it): recompute before reuse
+    dirty: bool = False
 
     @abstractmethod
     def build(self, prefix_into: list | None = None) -> PrefixStep:
@@ -234,6 +236,7 @@ class PrefixStep(ABC):
         replays the other edit: its prefix pass writes straight into this step's buffers."""
         other.build(prefix_into=self.prefix_kv)
         copy_into(self.step_tensors(), other.step_tensors())
+        self.dirty = False
 
 
 class FastLocal:
@@ -596,6 +599,9 @@ class StepCache:
         self.enabled = setting != "0"
         self.on_cpu = setting == "all"  # CUDA only by default; tests and CPU measurements turn it on
         self.last = ""
+        #: the step object the last :meth:`prepare` handed out (the cached one when reused): whose buffers a
+        #: refresh must write
+        self.current: object | None = None
 
     def active(self, device: torch.device) -> bool:
         """Whether edits on `device` are cached (CUDA by default)."""
@@ -611,6 +617,7 @@ class StepCache:
         i.e. the step at the example inputs, or None."""
         device = example[0].device
         reuse = self.active(device) and fresh.reusable
+        self.current = fresh
         if not reuse:
             self.entries.pop(kind, None)
             self.last = "fresh"
@@ -620,12 +627,14 @@ class StepCache:
         entry = self.entries.get(kind)
         if entry is not None and entry.key == key and entry.signature == signature:
             inputs = fresh.inputs()
-            if _equal(entry.inputs, inputs):
+            self.current = entry.step
+            same = _equal(entry.inputs, inputs)
+            if same and not entry.step.dirty:
                 self.last = "same edit"
                 return entry.graphed or entry.step, None
             entry.step.refill_from(fresh)
             entry.inputs = inputs
-            self.last = "refilled"
+            self.last = "same edit, prefix recomputed" if same else "refilled"
             return entry.graphed or entry.step, None
         self.entries.pop(kind, None)  # free the old step's buffers and graph before building the new one
         self.last = "captured" if graph else "built"

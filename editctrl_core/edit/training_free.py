@@ -97,12 +97,10 @@ class FastMaskLocal(PrefixStep):
     """``MaskLocalModel.decode`` with per-edit caches: the background's per-block self-attention keys/values and
     the prompt keys/values are computed once; each step runs every block on the edit tokens only."""
 
-    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block, defer: bool = False,
-                 refreshes: bool = False):
-        """Precompute the per-edit caches (``defer``: leave them to :meth:`build`, for a :class:`StepCache`;
-        ``refreshes``: :meth:`refresh` will rewrite the prefix, so a cache must not hand this step to another edit)."""
+    def __init__(self, model: MaskLocalModel, plan: MaskLocalPlan, *, block_fn=video_block, defer: bool = False):
+        """Precompute the per-edit caches (``defer``: leave them to :meth:`build`, for a :class:`StepCache`)."""
         s = model.stack
-        self.reusable = not refreshes
+        self.reusable = True
         self.model, self.stack, self.plan, self.block_fn = model, s, plan, block_fn
         self.blocks = list(s.model.transformer_blocks)
         self.rope_type = self.blocks[0].attn1.rope_type
@@ -146,6 +144,13 @@ class FastMaskLocal(PrefixStep):
         self.built = True
         return self
 
+    def refill_from(self, other: FastMaskLocal) -> None:
+        """:meth:`PrefixStep.refill_from`, and take `other`'s plan and background prompt bias, which
+        :meth:`refresh` reads outside the captured step."""
+        super().refill_from(other)
+        self.plan, self.background_bias = other.plan, other.background_bias
+        self.__dict__.pop("_joint_inputs", None)
+
     def _background_pass(self, temb: torch.Tensor, text: list[BlockKV],
                          into: list[PrefixBuffer | None] | None = None) -> list[PrefixBuffer]:
         """The clean background alone through every block at σ=0; each block's self-attention keys/values go
@@ -174,6 +179,7 @@ class FastMaskLocal(PrefixStep):
         p = self.plan.background.shape[1]
         if p == 0:
             return self(x, sigma)
+        self.dirty = True
         s, batch = self.stack, x.shape[0]
         sigma = sigma.to(s.device, torch.float32)
         sigma_tokens = torch.cat([sigma.new_zeros(batch, p), sigma[:, None].expand(batch, self.n)], dim=1)

@@ -141,3 +141,33 @@ def test_fast_local_is_the_local_context_modules_forward():
             for block, hint in hints.items():
                 assert hint.abs().max() > 0
                 assert torch.equal(hint, reference[block])
+
+
+@pytest.mark.parametrize("layout", ["ltx-2.3", "ltx-2.5"])
+def test_perturbed_attention_layouts_run_the_reference_without_warnings_and_refuse_stg(layout):
+    """LTX-2.3/2.5 blocks pass the spatio-temporal-guidance arguments to every self-attention call; diffusers logs a
+    warning for each argument a processor does not name (thousands per edit on a 48-block model), so the
+    processors name them, and refuse an actual perturbation instead of silently ignoring it."""
+    import logging
+
+    model, plan, x = _mask_local(layout)
+    assert model.stack.model.transformer_blocks[0].perturbed_attn
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        with torch.no_grad():
+            model.decode(plan, x, torch.full((2,), 0.6))
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "are not expected" in m], seen[:3]
+    attn = model.stack.model.transformer_blocks[0].attn1
+    processor = kv_cache.CachedSelfAttention()
+    with pytest.raises(ValueError, match="spatio-temporal guidance"):
+        processor(attn, torch.zeros(1, 4, attn.to_q.in_features), perturbation_mask=torch.zeros(1, 1, 1))

@@ -66,9 +66,16 @@ class SelfAttentionProcessor(ABC):
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, query_rotary_emb: Rope | None = None,
-                 key_rotary_emb: Rope | None = None, **_: object) -> torch.Tensor:
+                 key_rotary_emb: Rope | None = None, perturbation_mask: torch.Tensor | None = None,
+                 all_perturbed: bool | torch.Tensor | None = None) -> torch.Tensor:
+        """diffusers' call. The LTX-2.3/2.5 blocks (``perturbed_attn``) always pass the spatio-temporal-guidance
+        arguments, so they are named here (diffusers warns on, and drops, every argument a processor does not
+        name); a perturbation actually asked for is refused, since these processors do not implement it."""
         if encoder_hidden_states is not None or (not self.masked and attention_mask is not None):
             raise ValueError(f"{type(self).__name__} serves {'' if self.masked else 'unmasked '}self-attention only")
+        if perturbation_mask is not None or bool(all_perturbed):
+            raise ValueError(f"{type(self).__name__}: spatio-temporal guidance (a perturbation mask) is not "
+                             "supported on EditCtrl's attention paths; run the edit without STG")
         key_rope = key_rotary_emb if key_rotary_emb is not None and query_rotary_emb is not None else query_rotary_emb
         return self.run(SelfAttentionCall(attn, hidden_states, query_rotary_emb, key_rope, attention_mask))
 

@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..loading.fp8 import strict_load_fp8
-from ..loading.models import ModelLoadError
+from ..loading.models import ModelLoadError, preset_names, read_preset_json
 from ..loading.weights_file import save_safetensors
 from .text import TextConditioning
 
@@ -106,16 +106,12 @@ class TextPreset:
 
 def list_text_presets() -> list[str]:
     """Names of the text-encoder presets shipped with the pack."""
-    return sorted(p.stem for p in TEXT_PRESET_DIR.glob("*.json"))
+    return preset_names(TEXT_PRESET_DIR)
 
 
 def load_text_preset(name: str) -> TextPreset:
     """Read a shipped text-encoder preset by name."""
-    path = TEXT_PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ModelLoadError(f"unknown text encoder preset {name!r}; available: {', '.join(list_text_presets())}")
-    data = json.loads(path.read_text())
-    return TextPreset(name=name, **data)
+    return TextPreset(name=name, **read_preset_json(TEXT_PRESET_DIR, name, "text encoder preset"))
 
 
 LTXTextConditioning = TextConditioning  # the audio-stream embeddings live on TextConditioning.audio_embeds

@@ -160,11 +160,15 @@ def _config_to_dict(config: LocalContextConfig | GlobalContextConfig) -> dict[st
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
+def field_mismatch(cls: type, data: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(unknown, missing) field names of `data` against dataclass `cls` (a stored config must match exactly)."""
+    names = {f.name for f in fields(cls)}
+    return sorted(set(data) - names), sorted(names - set(data))
+
+
 def _config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     """Build a config from a dict, refusing unknown or missing fields."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    missing = sorted(names - set(data))
+    unknown, missing = field_mismatch(cls, data)
     if unknown or missing:
         raise ValueError(f"{cls.__name__} fields do not match: unknown {unknown}, missing {missing}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -51,17 +51,27 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def preset_names(folder: Path) -> list[str]:
+    """Names of the JSON presets shipped in `folder`."""
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def read_preset_json(folder: Path, name: str, what: str = "preset") -> dict[str, Any]:
+    """The JSON preset `name` in `folder`, or a ModelLoadError listing the available ones."""
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        raise ModelLoadError(f"unknown {what} {name!r}; available: {', '.join(preset_names(folder))}")
+    return json.loads(path.read_text())
+
+
 def list_presets() -> list[str]:
     """Names of the presets shipped with the pack."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    return preset_names(PRESET_DIR)
 
 
 def load_preset(name: str) -> Preset:
     """Read a shipped preset by name."""
-    path = PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ModelLoadError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    data = json.loads(path.read_text())
+    data = read_preset_json(PRESET_DIR, name)
     known = {k: data.pop(k) for k in list(data) if k in Preset.__dataclass_fields__}
     return Preset(name=name, extra=data, **known)
 

@@ -311,26 +311,25 @@ def _as_batch(mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return mask.reshape(-1, 1, shape[-2], shape[-1]).float(), shape
 
 
-def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Grow a mask by `pixels` in every direction (square structuring element, max-pool); negative erodes."""
-    if pixels < 0:
-        return erode_mask(mask, -pixels)
+def _morph(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Max-pool over a (2|pixels|+1)² square: grows for `pixels` > 0, shrinks (min-pool) for < 0; the frame border
+    does not erode (max_pool2d pads with -inf)."""
     if pixels == 0:
         return mask.clone()
     x, shape = _as_batch(mask)
-    k = 2 * pixels + 1
-    return F.max_pool2d(x, kernel_size=k, stride=1, padding=pixels).reshape(shape).to(mask.dtype)
+    sign = 1.0 if pixels > 0 else -1.0
+    r = abs(pixels)
+    return (sign * F.max_pool2d(sign * x, kernel_size=2 * r + 1, stride=1, padding=r)).reshape(shape).to(mask.dtype)
+
+
+def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow a mask by `pixels` in every direction (square structuring element, max-pool); negative erodes."""
+    return _morph(mask, pixels)
 
 
 def erode_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """Shrink a mask by `pixels` (square structuring element, min-pool); the frame border does not erode."""
-    if pixels < 0:
-        return dilate_mask(mask, -pixels)
-    if pixels == 0:
-        return mask.clone()
-    x, shape = _as_batch(mask)
-    k = 2 * pixels + 1
-    return (-F.max_pool2d(-x, kernel_size=k, stride=1, padding=pixels)).reshape(shape).to(mask.dtype)
+    return _morph(mask, -pixels)
 
 
 def keyframe_boxes(tracks: Sequence[ObjectTrack]) -> dict[int, list[Box | None]]:

@@ -21,7 +21,15 @@ from safetensors import safe_open
 from torch import nn
 
 from ..conditioning.text import TextConditioning
-from ..edit.adapters import FORMAT_NAME, FORMAT_VERSION, META_PREFIX, AdapterLoadError, Problems, raise_first_problem
+from ..edit.adapters import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    META_PREFIX,
+    AdapterLoadError,
+    Problems,
+    field_mismatch,
+    raise_first_problem,
+)
 from ..loading.weights_file import save_safetensors
 
 ADAPTER_KIND = "tma"
@@ -72,9 +80,7 @@ class TMAConfig:
             raise AdapterLoadError(f"TMA config metadata is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise AdapterLoadError(f"TMA config metadata must be a JSON object; got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
+        unknown, missing = field_mismatch(cls, data)
         if unknown or missing:
             raise AdapterLoadError(f"TMA config metadata has unknown fields {unknown} / missing fields {missing}")
         return cls(**data)

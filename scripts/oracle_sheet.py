@@ -20,38 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 COLUMNS = ("source", "mask", "grey_fill", "full", "training_free", "background")
 
 
-def _to_uint8(image: torch.Tensor):
-    import numpy as np
-
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(np.uint8)
-
-
-def _mask_overlay(frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    red = torch.tensor([1.0, 0.1, 0.1])
-    return torch.where(mask[..., None] > 0.5, 0.5 * frame + 0.5 * red, frame)
-
-
 def _cell(item: dict, column: str, index: int) -> torch.Tensor:
+    from training.recipes.frame_sheet import mask_overlay
+
     if column == "mask":
-        return _mask_overlay(item["source"][index], item["mask"][index])
+        return mask_overlay(item["source"][index], item["mask"][index])
     return item[column][index]
 
 
-def _grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:
-    h, w = rows[0][0].shape[:2]
-    out = torch.ones(len(rows) * (h + pad) + pad, len(rows[0]) * (w + pad) + pad, 3)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            out[y:y + h, x:x + w] = image
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    from PIL import Image
-
     from editctrl_core.loading.models import load_models
     from training.recipes.base_oracle import OracleSettings, run_oracle
+    from training.recipes.frame_sheet import grid, save_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="out/base_oracle/editctrl_small.safetensors")
@@ -74,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         frames = item["source"].shape[0]
         picks = [0, frames // 2, frames - 1]
         rows = [[_cell(item, column, i) for column in COLUMNS] for i in picks]
-        Image.fromarray(_to_uint8(_grid(rows))).save(out / f"clip{number}.png", optimize=True)
+        save_image(grid(rows), out / f"clip{number}.png")
         middle.append(rows[1])
-    Image.fromarray(_to_uint8(_grid(middle))).save(out / "sheet.png", optimize=True)
+    save_image(grid(middle), out / "sheet.png")
     summary = result["summary"]
     print("columns:", ", ".join(COLUMNS))
     for name in ("full", "training_free", "grey_fill"):

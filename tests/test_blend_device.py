@@ -159,7 +159,7 @@ def test_renoise_alpha_on_a_device_is_the_cpu_alpha(device, falloff):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", BLEND_MODES)
-def test_blender_builds_its_masks_on_the_device_and_blends_the_same(device, mode):
+def test_blender_keeps_its_masks_on_the_device_and_blends_the_same(device, mode):
     mask = torch.zeros(9, 96, 128)
     mask[:, 30:60, 40:90] = 1.0
     ref = BoundaryBlender(mask, BlendSettings(mode=mode))

@@ -3,8 +3,9 @@
 A PCA-initialised `small` VAE and the seeded (untrained) small transformer stand in for the base checkpoint, and
 each stage trains a few steps: this checks that the recipe writes clips the data pipeline reads, trains all three
 stages through `training.train`, ships files the loaders accept (LoRA, both adapters attached to an EditModel) and
-reports every mode. Whether the trained weights beat the grey fill needs the GPU run (numbers in
-docs/oracle/small_edit_report.json); here they are a few steps from random, so no ordering is asserted.
+reports every mode, and writes the held-out sheet. Whether the trained weights beat the grey fill needs a trained
+base (numbers in docs/oracle/small_edit_report.json: base trained on an H200, these stages on a 2-core CPU); here
+they are a few steps from random, so no ordering is asserted.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def test_recipe_reports_every_mode_and_the_vae(recipe_run) -> None:
     assert {"synthetic_disc", "synthetic_square", "synthetic_background"} <= set(report["vae_psnr_db"])
     assert report["vae_psnr_db"]["synthetic_background"] > 24, report["vae_psnr_db"]
     assert "real_clip_sheet" not in report  # no real footage given
+    assert report["synthetic_sheet"]["columns"] == ["source", "mask", "grey_fill", "training_free", "scd",
+                                                    "background"]
 
 
 def test_recipe_ships_files_the_loaders_accept(recipe_run) -> None:
@@ -55,3 +58,7 @@ def test_recipe_ships_files_the_loaders_accept(recipe_run) -> None:
     assert model.scd.local is not None and model.scd.global_context is not None
     assert model.resolve_mode("auto")[0] == "scd"
     assert (out / se.REPORT).is_file()
+    from PIL import Image
+
+    with Image.open(out / se.SYNTHETIC_SHEET) as sheet:  # one row of 128x192 frames per kept clip, 6 columns
+        assert sheet.size == (6 * (192 + 2) + 2, report["synthetic_sheet"]["clips"] * (128 + 2) + 2)

@@ -14,7 +14,8 @@
    background; the VAE's held-out reconstruction PSNR; a before/after frame sheet on held-out Big Buck Bunny frames.
 
 Outputs in --out: the LoRA and adapter files, ``report.json`` (``vae_psnr_db``, ``masked_psnr_db`` =
-``{"grey_fill", "training_free", "scd"}``, details) and ``real_clip_sheet.png``.
+``{"grey_fill", "training_free", "scd"}``, details), ``synthetic_sheet.png`` (held-out clips: source, mask, grey
+fill, each mode, true background) and ``real_clip_sheet.webp`` (a box edited out of held-out Big Buck Bunny).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ log = logging.getLogger("editctrl.training")
 FILES = {"lora": "editctrl_small_lora.safetensors", "local": "editctrl_small_local.safetensors",
          "global": "editctrl_small_global.safetensors"}
 REPORT = "report.json"
-SHEET = "real_clip_sheet.png"
+SHEET = "real_clip_sheet.webp"
+SYNTHETIC_SHEET = "synthetic_sheet.png"
+#: Clips of the held-out synthetic sheet, and the composite's feather in the real-clip sheet (pixels).
+SHEET_CLIPS = 4
+FEATHER_PX = 8.0
 #: Box (x, y, w, h in pixels of the 128x256 held-out Big Buck Bunny frames) edited in the before/after sheet.
 REAL_BOX = (96, 32, 64, 64)
 
@@ -50,11 +55,11 @@ class EditTraining:
 
     clips: int = 192
     real_windows: int = 24
-    scd_steps: int = 1500
-    local_steps: int = 600
-    global_steps: int = 600
-    batch: int = 8
-    lora_rank: int = 16
+    scd_steps: int = 1000
+    local_steps: int = 300
+    global_steps: int = 300
+    batch: int = 4
+    lora_rank: int = 32
     seed: int = 0
 
 
@@ -93,10 +98,11 @@ def train_config(work: Path, base_checkpoint: Path, masks: Path, settings: EditT
         "masks": {"mode": "mixed", "semantic_mask_ratio": 0.7, "min_area": 0.05, "max_area": 0.4,
                   "semantic_mask_dir": str(masks)},
         "train": {"seed": settings.seed, "batch_size": settings.batch, "lr_scheduler": "cosine", "warmup_steps": 50,
-                  "context_frame_ratio": 0.1, "encoder_noise": 0.05, "max_grad_norm": 1.0, "caption_dropout": 0.1},
+                  "context_frame_ratio": 0.1, "encoder_noise": 0.05, "max_grad_norm": 1.0, "caption_dropout": 0.1,
+                  "dilation": 0, "timestep_sampling": "uniform"},
         "output": {"dir": str(work / "run"), "checkpoint_every": every, "keep_checkpoints": 1},
         "stages": [
-            {"name": "scd", "steps": settings.scd_steps, "lr": 1e-3, "decoder_lr_mult": 2.0,
+            {"name": "scd", "steps": settings.scd_steps, "lr": 2e-3, "decoder_lr_mult": 2.0,
              "lora": {"rank": settings.lora_rank, "alpha": settings.lora_rank, "encoder": True}},
             {"name": "editctrl_local", "steps": settings.local_steps, "lr": 1e-3,
              "local": {"width": 64, "num_blocks": 2, "heads": 4, "head_dim": 16, "target_every": 1}},
@@ -145,12 +151,15 @@ def psnr_db(mse: float) -> float:
 @torch.no_grad()
 def real_sheet(models: dict, vae, held_real: torch.Tensor, target: Path, steps: int) -> dict:
     """Before/after frames of a box edited out of held-out Big Buck Bunny as one PNG: rows source, mask, then one
-    per mode in `models` ({mode: EditModel}); columns frames 0, 8 and 16."""
-    from PIL import Image
-
+    per mode in `models` ({mode: EditModel}), each decoded and composited into the source as EditCtrl Composite does
+    (feather :data:`FEATHER_PX`); columns frames 0, 8 and 16. The edit covers the mask's tokens only (dilation 0, no
+    latent blend): on these 128x256 frames (4x8 tokens) the node defaults would regrow the mask over most of the frame.
+    """
+    from editctrl_core.edit.blend import composite
     from editctrl_core.edit.context import prepare_edit
     from editctrl_core.edit.sampler import SamplerSettings
     from editctrl_core.media.vae import decode_latents
+    from training.recipes.frame_sheet import grid, mask_overlay, save_image
 
     text = base.TinyTextEncoder(next(iter(models.values())).preset)
     frames = held_real[:17]
@@ -158,17 +167,32 @@ def real_sheet(models: dict, vae, held_real: torch.Tensor, target: Path, steps: 
     mask = torch.zeros(frames.shape[:3])
     mask[:, y:y + h, x:x + w] = 1
     ctx = prepare_edit(vae, frames, mask)
-    red = torch.tensor([1.0, 0.1, 0.1])
-    rows = {"source": frames, "mask": torch.where(mask[..., None] > 0.5, 0.5 * frames + 0.5 * red, frames)}
+    rows = {"source": frames, "mask": mask_overlay(frames, mask)}
     for mode, model in models.items():
         out = model.edit(ctx, text.encode([base.REAL_CAPTION]), text.encode([base.EMPTY_PROMPT]),
-                         SamplerSettings(steps=steps, seed=0), mode=mode)
-        rows[mode] = decode_latents(vae, out.latents).cpu()
+                         SamplerSettings(steps=steps, seed=0, dilation=0, blend=None), mode=mode)
+        rows[mode] = composite(decode_latents(vae, out.latents).cpu(), frames, mask, FEATHER_PX)
     picks = [0, 8, 16]
-    grid = torch.cat([torch.cat([rows[name][i] for i in picks], dim=1) for name in rows], dim=0)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()).save(target)
-    return {"rows": list(rows), "frames": picks, "box_xywh": list(REAL_BOX), "file": target.name}
+    save_image(grid([[rows[name][i] for i in picks] for name in rows]), target)
+    return {"rows": list(rows), "frames": picks, "box_xywh": list(REAL_BOX), "feather_px": FEATHER_PX,
+            "file": target.name}
+
+
+def synthetic_sheet(runs: dict[str, dict], target: Path) -> dict:
+    """Held-out synthetic clips as one PNG, one row per clip (middle frame): source, mask, grey fill, each mode of
+    `runs` ({column: one kept-frames item of run_oracle per clip, under its row name}) and the true background."""
+    from training.recipes.frame_sheet import grid, mask_overlay, save_image
+
+    items = next(iter(runs.values()))["items"]
+    rows = []
+    for i, item in enumerate(items):
+        middle = item["source"].shape[0] // 2
+        row = [item["source"][middle], mask_overlay(item["source"][middle], item["mask"][middle]),
+               item["grey_fill"][middle]]
+        row += [run["items"][i][run["row"]][middle] for run in runs.values()]
+        rows.append(row + [item["background"][middle]])
+    save_image(grid(rows), target)
+    return {"columns": ["source", "mask", "grey_fill", *runs, "background"], "clips": len(rows), "file": target.name}
 
 
 def evaluate(checkpoint: Path, files: dict[str, Path], oracle: base.OracleSettings, real: str | None,
@@ -182,15 +206,17 @@ def evaluate(checkpoint: Path, files: dict[str, Path], oracle: base.OracleSettin
                      loaded.source)
     from editctrl_core.edit.sampler import DEFAULT_BACKGROUND_REFRESH
 
+    keep = min(SHEET_CLIPS, oracle.clips)
     plain = base.run_oracle(loaded.transformer, loaded.vae, loaded.preset,
                             replace(oracle, modes=("training_free",), refreshes=(DEFAULT_BACKGROUND_REFRESH,)),
-                            source=loaded.source)
+                            source=loaded.source, keep_frames=keep)
     scd = base.run_oracle(loaded.transformer, loaded.vae, loaded.preset, replace(oracle, modes=("scd",), refreshes=()),
-                          source=loaded.source, model=model)
+                          source=loaded.source, model=model, keep_frames=keep)
+    headline = base.headline_training_free(plain["summary"])
     _, held_real, _ = base.real_footage(real)
     vae = base.vae_report(loaded.vae, base.synthetic_clips([base.VAE_EVAL_SEED + i for i in range(6)]), held_real)
     summary = {"grey_fill": plain["summary"]["grey_fill"],
-               "training_free": plain["summary"][base.headline_training_free(plain["summary"])],
+               "training_free": plain["summary"][headline],
                "scd": scd["summary"]["scd"]}
     report = {"vae_psnr_db": {k: v["mean_psnr"] for k, v in vae.items()},
               "masked_psnr_db": {k: v["pixel_psnr"] for k, v in summary.items()},
@@ -199,8 +225,25 @@ def evaluate(checkpoint: Path, files: dict[str, Path], oracle: base.OracleSettin
               "edit": {k: plain[k] for k in ("clips", "seed", "steps", "cfg", "prompt", "dilation", "token_mask_share")},
               "edited_token_share": {**plain["edited_token_share"], **scd["edited_token_share"]},
               "sample_seconds": {**plain["sample_seconds"], **scd["sample_seconds"]}}
+    report["synthetic_sheet"] = synthetic_sheet({"training_free": {"items": plain["frames"], "row": headline},
+                                                 "scd": {"items": scd["frames"], "row": "scd"}}, out / SYNTHETIC_SHEET)
     if held_real is not None:
         report["real_clip_sheet"] = real_sheet({"training_free": bare, "scd": model}, loaded.vae, held_real, out / SHEET, oracle.steps)
+    return report
+
+
+def reevaluate(out: Path, base_checkpoint: Path, real: str | None, oracle: base.OracleSettings, device: str
+               ) -> dict:
+    """Evaluate the files a previous run left in `out` again (same report, new measurements; the training part of
+    the report is kept): for a changed evaluation, without training again."""
+    previous = json.loads((out / REPORT).read_text())
+    start = time.time()
+    report = evaluate(base_checkpoint, {k: out / name for k, name in FILES.items()}, oracle, real, device, out)
+    kept = {k: previous[k] for k in ("final_losses", "base_checkpoint", "real_footage", "files") if k in previous}
+    settings = {**previous.get("settings", {}), "oracle": vars(oracle)}
+    report.update({**kept, "seconds": {**previous.get("seconds", {}), "evaluate": round(time.time() - start, 1)},
+                   "settings": settings, "machine": base.machine(), "evaluated_again": True})
+    (out / REPORT).write_text(json.dumps(report, indent=1, default=list) + "\n")
     return report
 
 
@@ -238,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-steps", type=int, default=base.OracleSettings.steps)
     parser.add_argument("--dilation", type=int, default=0, help="the oracle's headline runs edit the mask itself")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="measure the files already in --out again (no training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = EditTraining(**{k: getattr(args, k) for k in vars(EditTraining())})
     oracle = base.OracleSettings(clips=args.eval_clips, steps=args.eval_steps, dilation=args.dilation)
-    report = run(Path(args.out), Path(args.work), Path(args.base), args.real, settings, oracle, args.device)
+    if args.evaluate_only:
+        report = reevaluate(Path(args.out), Path(args.base), args.real, oracle, args.device)
+    else:
+        report = run(Path(args.out), Path(args.work), Path(args.base), args.real, settings, oracle, args.device)
     log.info("masked-region PSNR: %s; VAE held-out PSNR: %s",
              {k: round(v, 2) for k, v in report["masked_psnr_db"].items()},
              {k: round(v, 2) for k, v in report["vae_psnr_db"].items()})

@@ -171,3 +171,17 @@ def test_perturbed_attention_layouts_run_the_reference_without_warnings_and_refu
     processor = kv_cache.CachedSelfAttention()
     with pytest.raises(ValueError, match="spatio-temporal guidance"):
         processor(attn, torch.zeros(1, 4, attn.to_q.in_features), perturbation_mask=torch.zeros(1, 1, 1))
+
+
+def test_attention_warm_up_is_a_no_op_off_cuda_and_runs_once_per_device(monkeypatch):
+    """`warm_attention_kernels` (called by EditModel.edit once the weights are ready) initialises cuDNN's and
+    flash attention once per process, device and dtype. Its CUDA call itself needs a GPU (the benchmark times it on
+    the H200: docs/benchmarks.md); here: nothing runs on the CPU, and a device already warmed is not warmed again."""
+    calls: list[object] = []
+    monkeypatch.setattr(pa, "_WARMED", set())
+    monkeypatch.setattr(pa.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a))
+    assert pa.warm_attention_kernels("cpu", torch.bfloat16) == 0.0
+    assert calls == [] and pa._WARMED == set()
+    pa._WARMED.add(("cuda:0", torch.bfloat16))
+    assert pa.warm_attention_kernels("cuda:0", torch.bfloat16) == 0.0
+    assert calls == []

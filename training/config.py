@@ -115,6 +115,12 @@ class TrainConfig:
     logit-normal whose shift grows with the clip's latent token count, stretched to [0, 1], 10% uniform);
     ``logit_normal`` is σ = sigmoid(N(0, 1)) and ``uniform`` σ ~ U(0, 1), both remapped by ``timestep_shift``
     (σ' = sσ / (1 + (s − 1)σ)), which the ltx-trainer sampler does not use.
+
+    ``dilation``: token rings around the edit mask that the loss also covers, as the sampler's default dilation
+    regenerates them. A ring token's encoder prefix holds its own clean content, so it is an easy copy; where rings
+    outnumber the blanked tokens (small grids, small masks) they dominate the mean loss and the blanked tokens stop
+    learning to read the encoder: on the small base (4×6 tokens a frame) ``dilation: 1`` left `scd` below the grey
+    fill, ``dilation: 0`` reached +10.9 dB (training/recipes/small_edit.py, docs/oracle/small_edit_report.json).
     """
 
     seed: int = 0

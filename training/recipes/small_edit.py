@@ -150,7 +150,7 @@ def psnr_db(mse: float) -> float:
 
 @torch.no_grad()
 def real_sheet(models: dict, vae, held_real: torch.Tensor, target: Path, steps: int) -> dict:
-    """Before/after frames of a box edited out of held-out Big Buck Bunny as one PNG: rows source, mask, then one
+    """Before/after frames of a box edited out of held-out Big Buck Bunny as one image: rows source, mask, then one
     per mode in `models` ({mode: EditModel}), each decoded and composited into the source as EditCtrl Composite does
     (feather :data:`FEATHER_PX`); columns frames 0, 8 and 16. The edit covers the mask's tokens only (dilation 0, no
     latent blend): on these 128x256 frames (4x8 tokens) the node defaults would regrow the mask over most of the frame.

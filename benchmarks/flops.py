@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder  # noqa: E402
+from editctrl_core.conditioning.text import TextConditioning  # noqa: E402
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder  # noqa: E402
 from editctrl_core.edit.adapters import (  # noqa: E402
     GlobalContextConfig,
     GlobalContextEmbedder,
@@ -112,7 +113,7 @@ def _setup(name: str) -> dict[str, Any]:
     else:
         model = build_transformer(preset)
         local, glob = tiny_adapters(preset)
-        text = TinyTextEncoder(preset).encode(["a red boat drifting on a calm lake"])
+        text = build_tiny_text_encoder().encode(["a red boat drifting on a calm lake"])
         background = torch.randn(1, channels, *grid, generator=torch.Generator().manual_seed(0))
     scd = SCDModel(model, SCDOptions(split_layer=preset.split_layer))
     scd.attach(local, glob)

@@ -13,6 +13,7 @@ import torch
 from .conditioning.text import TextConditioning
 from .conditioning.text_encoders import check_text_width
 from .edit.context import EditContext
+from .edit.fast_decode import warm_encoder_kernels
 from .edit.prefix_attention import warm_attention_kernels
 from .edit.sampler import EditResult, Region, SamplerSettings, StepCallback, edit_sigmas, sample_edit
 from .edit.scd import SCDModel
@@ -116,8 +117,9 @@ class EditModel:
         """One edit, as the Edit Sampler node, the oracle recipe and scripts run it: `mode` and `scheduler` resolved
         from what is loaded, the inputs checked against this model, `settings` validated (their own mode and
         scheduler are replaced; `compile` only applies on CUDA), then `ready(settings)` (e.g. moving weights to the
-        GPU: nothing is loaded for an edit that is refused), once per process the attention libraries' start-up
-        (:func:`~editctrl_core.edit.prefix_attention.warm_attention_kernels`), and the sampler with the LoRA stack
+        GPU: nothing is loaded for an edit that is refused), once per process the attention libraries' start-up and the
+        model's CUDA kernels (:func:`~editctrl_core.edit.prefix_attention.warm_attention_kernels`,
+        :func:`~editctrl_core.edit.fast_decode.warm_encoder_kernels`), and the sampler with the LoRA stack
         active.
         ``result.notes`` says which mode and σ ran and why, how many tokens were edited, and anything else to know."""
         chosen, why = self.resolve_mode(mode)
@@ -137,8 +139,10 @@ class EditModel:
         if ready is not None:
             ready(settings)
         warmed = warm_attention_kernels(self.device, self.dtype)
+        if settings.fast:
+            warmed += warm_encoder_kernels(self.scd, positive)
         if warmed:
-            notes.append(f"attention libraries initialised for this process on {self.device} ({warmed:.2f} s, once)")
+            notes.append(f"CUDA kernels loaded for this process on {self.device} ({warmed:.2f} s, once)")
         if settings.compile:
             log.info("EditCtrl: decoder blocks run through torch.compile (compiled once per session)")
         with self.lora_patch():

@@ -1,4 +1,4 @@
-"""Nodes that load the LTX-2 model (SCD split), its VAE and a text encoder, and encode prompts."""
+"""The node that loads the LTX-2 model (SCD split) and its VAE."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import logging
 import folder_paths
 from comfy_api.latest import io
 
-from ..editctrl_core.conditioning.text import TinyTextEncoder
 from ..editctrl_core.edit.scd import PREFIX_MODES, SCDModel, SCDOptions, default_split_layer
 from ..editctrl_core.editmodel import EditModel
-from ..editctrl_core.loading.models import list_presets, load_models, load_preset
+from ..editctrl_core.loading.models import list_presets, load_models
 from . import vram
 from .common import (
     CATEGORY,
     NO_FILE,
-    EditConditioning,
     EditModelType,
     EditVAE,
-    TextEncoder,
     list_model_sources,
     pick_device,
     pick_dtype,
@@ -102,53 +99,4 @@ class EditCtrlModelLoader(io.ComfyNode):
         return io.NodeOutput(model, loaded.vae)
 
 
-class EditCtrlTextEncoderLoader(io.ComfyNode):
-    """Load the text encoder that turns prompts into LTX-2 conditioning."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="EditCtrlTextEncoderLoader",
-            display_name="EditCtrl Load Text Encoder",
-            category=CATEGORY,
-            description="The built-in tiny text encoder (CPU demo and tests); real prompts need EditCtrl Load LTX "
-                        "Text Encoder (Gemma + LTX-2 connectors).",
-            inputs=[
-                io.Combo.Input("preset", options=["tiny"], default="tiny",
-                               tooltip="'tiny' is the built-in test/demo encoder (a tiny Gemma-3, seeded weights)."),
-                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="cpu",
-                               tooltip="Where the encoder runs (it is tiny: the CPU is fine)."),
-            ],
-            outputs=[TextEncoder.Output(display_name="text_encoder", tooltip="For EditCtrl Text Encode.")],
-        )
-
-    @classmethod
-    def execute(cls, preset: str, device: str) -> io.NodeOutput:
-        return io.NodeOutput(TinyTextEncoder(load_preset(preset), device=pick_device(device)))
-
-
-class EditCtrlTextEncode(io.ComfyNode):
-    """Encode a prompt (describe the result, not an instruction) into conditioning for the edit sampler."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="EditCtrlTextEncode",
-            display_name="EditCtrl Text Encode",
-            category=CATEGORY,
-            description="A prompt → conditioning for the edit sampler (describe the result, not an instruction).",
-            inputs=[
-                TextEncoder.Input("text_encoder", tooltip="From an EditCtrl text-encoder loader."),
-                io.String.Input("text", multiline=True, default="",
-                                tooltip="Describe what the edited region should show (a caption, not a command)."),
-            ],
-            outputs=[EditConditioning.Output(display_name="conditioning",
-                                             tooltip="Prompt embeddings for the sampler's positive/negative.")],
-        )
-
-    @classmethod
-    def execute(cls, text_encoder: TinyTextEncoder, text: str) -> io.NodeOutput:
-        return io.NodeOutput(text_encoder.encode([text]))
-
-
-NODES = [EditCtrlModelLoader, EditCtrlTextEncoderLoader, EditCtrlTextEncode]
+NODES = [EditCtrlModelLoader]

@@ -1,9 +1,10 @@
-"""Nodes that load LTX-2's real text encoder (Gemma + LTX-2 connectors) and encode positive/negative prompts."""
+"""The text nodes: one loader (LTX-2's Gemma + connectors, or its built-in tiny preset) and one encode node."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import folder_paths
@@ -11,7 +12,8 @@ import torch
 from comfy_api.latest import io
 
 from ..editctrl_core.conditioning.text import TextConditioning
-from ..editctrl_core.conditioning.text_encoders import LTXTextConditioning, list_text_presets, load_text_encoder
+from ..editctrl_core.conditioning.text import TextEncoder as TextEncoderProtocol
+from ..editctrl_core.conditioning.text_encoders import list_text_presets, load_text_encoder
 from . import vram
 from .common import CATEGORY, EditConditioning, TextEncoder, pick_device
 
@@ -97,7 +99,7 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
         encoders, connectors = list_text_encoder_sources(), list_connector_sources()
         return io.Schema(
             node_id="EditCtrlLTXTextEncoderLoader",
-            display_name="EditCtrl Load LTX-2 Text Encoder (Gemma)",
+            display_name="EditCtrl Load Text Encoder",
             category=CATEGORY,
             description="Gemma text model + LTX-2 text connectors -> prompt conditioning for the EditCtrl sampler. "
                         "The connectors ship inside the LTX-2 checkpoint: pick it under 'connectors'.",
@@ -127,7 +129,7 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
                              tooltip="Prompt length in tokens (multiple of the connectors' registers); 0 = preset "
                                      "default (1024 for the real models)."),
             ],
-            outputs=[TextEncoder.Output(display_name="text_encoder", tooltip="For the EditCtrl Text Encode nodes.")],
+            outputs=[TextEncoder.Output(display_name="text_encoder", tooltip="For EditCtrl Text Encode.")],
         )
 
     @classmethod
@@ -154,41 +156,40 @@ class EditCtrlLTXTextEncoderLoader(io.ComfyNode):
 
 
 def _row(cond: TextConditioning, i: int, prompt: str) -> TextConditioning:
-    """Conditioning of batch row `i` (keeps the audio-stream embeddings of an `LTXTextConditioning`)."""
-    audio = getattr(cond, "audio_embeds", None)
-    if audio is not None or isinstance(cond, LTXTextConditioning):
-        return LTXTextConditioning(cond.embeds[i:i + 1], cond.mask[i:i + 1], prompt,
-                                   None if audio is None else audio[i:i + 1])
-    return TextConditioning(cond.embeds[i:i + 1], cond.mask[i:i + 1], prompt)
+    """Conditioning of batch row `i`, every field kept (the audio-stream embeddings too)."""
+    audio = cond.audio_embeds
+    return replace(cond, embeds=cond.embeds[i:i + 1], mask=cond.mask[i:i + 1], prompt=prompt,
+                   audio_embeds=None if audio is None else audio[i:i + 1])
 
 
-class EditCtrlTextEncodePair(io.ComfyNode):
-    """Encode the positive and negative prompts in one pass (one load of the text encoder)."""
+class EditCtrlTextEncode(io.ComfyNode):
+    """Encode the prompt and, for CFG, the negative prompt in one pass of the text encoder (one load)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         """Inputs and outputs of the node."""
         return io.Schema(
-            node_id="EditCtrlTextEncodePair",
-            display_name="EditCtrl Text Encode (positive + negative)",
+            node_id="EditCtrlTextEncode",
+            display_name="EditCtrl Text Encode",
             category=CATEGORY,
-            description="Both prompts in one pass of the text encoder → positive and negative conditioning.",
+            description="A prompt (describe the result, not an instruction) and a negative prompt, in one pass of "
+                        "the text encoder → positive and negative conditioning for the edit sampler.",
             inputs=[
-                TextEncoder.Input("text_encoder", tooltip="From an EditCtrl text-encoder loader."),
-                io.String.Input("positive", multiline=True, default="",
+                TextEncoder.Input("text_encoder", tooltip="From EditCtrl Load Text Encoder."),
+                io.String.Input("text", multiline=True, default="",
                                 tooltip="Describe what the edited region should show (a caption, not a command)."),
-                io.String.Input("negative", multiline=True, default="",
-                                tooltip="What to steer away from (used with cfg > 1)."),
+                io.String.Input("negative", multiline=True, default="", optional=True,
+                                tooltip="What to steer away from (the sampler uses it when cfg > 1)."),
             ],
-            outputs=[EditConditioning.Output(display_name="positive", tooltip="For the sampler's positive input."),
+            outputs=[EditConditioning.Output(display_name="conditioning", tooltip="For the sampler's positive input."),
                      EditConditioning.Output(display_name="negative", tooltip="For the sampler's negative input.")],
         )
 
     @classmethod
-    def execute(cls, text_encoder: object, positive: str, negative: str) -> io.NodeOutput:
+    def execute(cls, text_encoder: TextEncoderProtocol, text: str, negative: str = "") -> io.NodeOutput:
         """Encode both prompts as one batch and split it."""
-        both = text_encoder.encode([positive, negative])
-        return io.NodeOutput(_row(both, 0, positive), _row(both, 1, negative))
+        both = text_encoder.encode([text, negative])
+        return io.NodeOutput(_row(both, 0, text), _row(both, 1, negative))
 
 
-NODES = [EditCtrlLTXTextEncoderLoader, EditCtrlTextEncodePair]
+NODES = [EditCtrlLTXTextEncoderLoader, EditCtrlTextEncode]

@@ -297,8 +297,8 @@ def _real_models(api: dict[str, dict[str, Any]], text_node: str, prompts: tuple[
                 "inputs": {"text_encoder": GEMMA["name"], "connectors": f"checkpoints/{LTX_CHECKPOINT['name']}",
                            "tokenizer": "(from text encoder)", "preset": "auto", "device": "auto", "dtype": "auto",
                            "offload_after_encode": True, "max_length": 0}}
-    api[text_node] = {"class_type": "EditCtrlTextEncodePair",
-                      "inputs": {"text_encoder": _link("4"), "positive": prompts[0], "negative": prompts[1]}}
+    api[text_node] = {"class_type": "EditCtrlTextEncode",
+                      "inputs": {"text_encoder": _link("4"), "text": prompts[0], "negative": prompts[1]}}
 
 
 def ltx2_picker_api() -> dict[str, dict[str, Any]]:

@@ -35,6 +35,10 @@ import websocket
 HOST = "127.0.0.1"
 #: WebSocket message types that end a prompt's run.
 TERMINAL_ERROR_TYPES = ("execution_error", "execution_interrupted")
+#: Inputs of EditCtrl Load Text Encoder building its built-in tiny preset on the CPU (the test workflows' encoder).
+TINY_TEXT_LOADER = {"text_encoder": "(tiny preset)", "connectors": "(from text encoder)",
+                    "tokenizer": "(from text encoder)", "preset": "auto", "device": "cpu", "dtype": "auto",
+                    "offload_after_encode": False, "max_length": 0}
 #: WebSocket message types collected by default (others, e.g. `status`, are skipped).
 DEFAULT_EVENT_TYPES = (
     "execution_start",

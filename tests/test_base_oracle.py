@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.loading.models import load_preset
 from training.recipes import base_oracle as bo
 
@@ -31,7 +31,7 @@ def small_run() -> dict:
     syn = bo.synthetic_clips(list(range(8)))
     vae, info = bo.fit_vae(preset, [c.frames for c in syn] + [c.background for c in syn], [],
                            bo.VAESettings(synthetic_clips=8, finetune_steps=0, max_patches=6000))
-    text = TinyTextEncoder(preset)
+    text = build_tiny_text_encoder()
     data = bo.encode_training_clips(vae, list(range(TRAIN_CLIPS)))
     model, base = bo.train_base(preset, data, text, bo.BaseSettings(clips=TRAIN_CLIPS, steps=TRAIN_STEPS, batch=8,
                                                                     lr=1e-3, warmup=30, ema=0.98))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from training_support import tiny_config
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.context import EditContext
 from editctrl_core.edit.fast_decode import ENCODER_CACHE, STEP_CACHE
 from editctrl_core.edit.geometry import grid_for
@@ -32,7 +32,7 @@ CFG_PATHS = [("scd", True, 0), ("scd", False, 0), ("scd", False, 1), ("training_
 def parts():
     torch.manual_seed(0)
     model = build_transformer(PRESET)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     return model, enc
 
 
@@ -127,7 +127,7 @@ def test_training_samples_carry_the_clip_frame_rate_to_the_model(tmp_path: Path,
     clips.mkdir()
     write_video(clips / "thirty.mp4", make_clip(17, 64, 96, seed=0).frames, fps=30)
     (clips / "thirty.txt").write_text("a disc")
-    enc = Encoders(build_vae(PRESET), TinyTextEncoder(PRESET), "tiny-test")
+    enc = Encoders(build_vae(PRESET), build_tiny_text_encoder(), "tiny-test")
     files, _ = precompute(discover_clips(clips), ShapeRule(frames=9, height=64, width=96, frame_stride=2), enc,
                           tmp_path / "cache", progress=False)
     assert CachedDataset(files)[0].fps == pytest.approx(15.0)

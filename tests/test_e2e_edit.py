@@ -19,7 +19,7 @@ from editctrl_core.media.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "graphs" / "editctrl_demo.api.json"
-NODE_IDS = ["EditCtrlModelLoader", "EditCtrlTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
+NODE_IDS = ["EditCtrlModelLoader", "EditCtrlLTXTextEncoderLoader", "EditCtrlTextEncode", "EditCtrlVAEEncode",
             "EditCtrlSampler", "EditCtrlBlendSettings", "EditCtrlRegion", "EditCtrlVAEDecode", "EditCtrlComposite", "EditCtrlRectMask", "EditCtrlMaskOverlay"]
 
 

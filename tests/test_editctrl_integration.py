@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from checkpoint_support import assert_checkpointing_keeps_gradients
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit import adapters
 from editctrl_core.edit.adapters import (
     GlobalContextConfig,
@@ -42,7 +42,7 @@ def tiny_global() -> GlobalContextEmbedder:
 @pytest.fixture(scope="module")
 def setup():
     model = build_transformer(PRESET)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     f, h, w = 3, 4, 5
     gen = torch.Generator().manual_seed(0)
     src = torch.randn(1, CH, f, h, w, generator=gen)

@@ -7,7 +7,8 @@ import torch
 from checkpoint_support import assert_checkpointing_keeps_gradients
 from layout_support import LAYOUTS, layout_transformer, pipeline_forward, with_audio_embeds
 
-from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import TextConditioning, concat_conditionings
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.adapters import (
     GlobalContextConfig,
     GlobalContextEmbedder,
@@ -45,12 +46,21 @@ def _adapters() -> tuple[LocalContextModule, GlobalContextEmbedder]:
     return local, glob
 
 
+def _padding_after(mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """`mask` with every token after the first `keep` marked as padding (the LTX connectors' registers fill the
+    padding, so a prompt from them is all valid; an encoder without registers pads like this)."""
+    out = mask.clone()
+    out[:, keep:] = 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = build_transformer(PRESET)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     positive = enc.encode(["a red boat on a lake"])
-    text = concat_conditionings([positive, enc.encode([""])])
+    empty = enc.encode([""])
+    text = concat_conditionings([positive, TextConditioning(empty.embeds, _padding_after(empty.mask, 12))])
     assert not bool(text.mask.all())  # padded prompt: the text mask is exercised
     gen = torch.Generator().manual_seed(3)
     background = torch.randn(1, CH, *GRID, generator=gen)
@@ -180,7 +190,7 @@ def _layout_model(layout: str, prefix: str) -> tuple[SCDModel, TextConditioning,
     scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
     local, glob = _adapters()
     scd.attach(local, glob)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     gen = torch.Generator().manual_seed(4)
     positive = with_audio_embeds(enc.encode(["a red boat on a lake"]), gen)
     return scd, positive, concat_conditionings([positive, with_audio_embeds(enc.encode([""]), gen)]), gen
@@ -268,7 +278,7 @@ def test_decoders_equal_diffusers_forward_as_the_pipeline_calls_it(layout, prefi
     timestep LTX2Pipeline passes (timestep = sigma = σ·1000): LTX-2.3's prompt AdaLN gets σ·1000 like every AdaLN."""
     model = layout_transformer(layout)
     scd = SCDModel(model, SCDOptions(split_layer=PRESET.split_layer, prefix=prefix))
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     gen = torch.Generator().manual_seed(4)
     positive, negative = enc.encode(["a red boat on a lake"]), enc.encode([""])
     if layout != "ltx-2.0":

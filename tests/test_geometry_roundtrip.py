@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from editctrl_core.checks import NonFiniteError
-from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder
+from editctrl_core.conditioning.text import TextConditioning
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.blend import BlendSettings, composite, feather_mask
 from editctrl_core.edit.context import prepare_edit
 from editctrl_core.edit.sampler import Region, SamplerSettings, sample_edit
@@ -23,7 +24,7 @@ FEATHER = 4.0
 def parts():
     torch.manual_seed(0)
     scd = SCDModel(build_transformer(PRESET), SCDOptions(split_layer=PRESET.split_layer))
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     return scd, build_vae(PRESET), enc.encode(["a calm lake"]), enc.encode([""])
 
 

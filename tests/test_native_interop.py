@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_server import ComfyServer
+from comfy_server import TINY_TEXT_LOADER, ComfyServer
 from conftest import comfy_install
 from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
 from safetensors.torch import load_file, save_file
@@ -586,7 +586,7 @@ def _source_nodes(steps: int = 2) -> dict:
                                                            "height": 40}},
         "4": {"class_type": "EditCtrlVAEEncode", "inputs": {"vae": ["1", 1], "images": ["2", 0], "mask": ["3", 0],
                                                             "geometry": "pad"}},
-        "5": {"class_type": "EditCtrlTextEncoderLoader", "inputs": {"preset": "tiny", "device": "cpu"}},
+        "5": {"class_type": "EditCtrlLTXTextEncoderLoader", "inputs": TINY_TEXT_LOADER},
         "6": {"class_type": "EditCtrlTextEncode", "inputs": {"text_encoder": ["5", 0], "text": "a red ball"}},
     }
 
@@ -785,7 +785,7 @@ def test_checkpoint_loader_builds_our_vae_from_its_metadata_and_native_vae_nodes
         "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "native/vae"}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "native/vae"}},
-        "9": {"class_type": "EditCtrlTextEncoderLoader", "inputs": {"preset": "tiny", "device": "cpu"}},
+        "9": {"class_type": "EditCtrlLTXTextEncoderLoader", "inputs": TINY_TEXT_LOADER},
         "10": {"class_type": "EditCtrlTextEncode", "inputs": {"text_encoder": ["9", 0], "text": "a white card"}},
         "11": {"class_type": "EditCtrlConditioningToNative", "inputs": {"conditioning": ["10", 0]}},
         "12": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 2, "cfg": 1.0,

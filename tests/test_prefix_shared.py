@@ -15,7 +15,8 @@ import pytest
 import torch
 from layout_support import layout_transformer, with_audio_embeds
 
-from editctrl_core.conditioning.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import concat_conditionings
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit import kv_cache, training_free
 from editctrl_core.edit import prefix_attention as pa
 from editctrl_core.edit.adapters import LocalContextConfig, LocalContextModule, token_coords
@@ -68,7 +69,7 @@ def _mask_local(layout: str):
     """A training_free edit of a quarter of GRID on a layout's tiny model: (model, plan, x)."""
     gen = torch.Generator().manual_seed(3)
     stack = LTX2Stack(layout_transformer(layout))
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     text = concat_conditionings([enc.encode(["a red ball"]), enc.encode(["blurry"])])
     if layout != "ltx-2.0":
         text = with_audio_embeds(text, gen)
@@ -185,3 +186,24 @@ def test_attention_warm_up_is_a_no_op_off_cuda_and_runs_once_per_device(monkeypa
     pa._WARMED.add(("cuda:0", torch.bfloat16))
     assert pa.warm_attention_kernels("cuda:0", torch.bfloat16) == 0.0
     assert calls == []
+
+
+def test_encoder_kernel_warm_up_runs_the_fast_encoder_once_on_cuda_only(monkeypatch):
+    """`warm_encoder_kernels` (EditModel.edit, once the weights are ready) runs the fast encoder on a one-token clip
+    once per process, device, dtype and width, so the first launches that load the kernels' CUDA modules (≈0.4 s at
+    19B, timed by the benchmark on the H200) are not paid by the first edit. Its CUDA run needs a GPU; here: nothing
+    runs on the CPU, and a model already warmed is not run again."""
+    from editctrl_core.edit import fast_decode
+    from editctrl_core.edit.scd import SCDModel, SCDOptions
+    from editctrl_core.loading.models import build_transformer
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(fast_decode, "_ENCODER_WARMED", set())
+    monkeypatch.setattr(fast_decode, "fast_encode", lambda *a, **k: calls.append(a))
+    scd = SCDModel(build_transformer(PRESET), SCDOptions(split_layer=PRESET.split_layer))
+    text = build_tiny_text_encoder().encode(["a red ball"])
+    assert fast_decode.warm_encoder_kernels(scd, text) == 0.0 and calls == []
+    cfg = scd.stack.model.config
+    monkeypatch.setattr(type(scd.stack), "device", property(lambda self: torch.device("cuda:0")))
+    fast_decode._ENCODER_WARMED.add(("cuda:0", scd.stack.dtype, cfg.num_attention_heads * cfg.attention_head_dim))
+    assert fast_decode.warm_encoder_kernels(scd, text) == 0.0 and calls == []

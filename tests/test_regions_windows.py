@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.blend import BlendSettings, feather_mask
 from editctrl_core.edit.context import EditContext, prepare_edit, to_tokens
 from editctrl_core.edit.geometry import grid_for
@@ -20,7 +20,7 @@ GRID = (4, 4, 6)
 @pytest.fixture(scope="module")
 def setup():
     model = build_transformer(PRESET)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     return model, enc
 
 

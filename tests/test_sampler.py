@@ -5,7 +5,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.context import EditContext, to_tokens
 from editctrl_core.edit.geometry import grid_for
 from editctrl_core.edit.masks import dilate_token_mask, pixel_mask_to_token_mask, token_mask_to_pixel_mask
@@ -19,7 +19,7 @@ PRESET = load_preset("tiny")
 @pytest.fixture(scope="module")
 def parts():
     model = build_transformer(PRESET)
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     return model, enc.encode(["a calm lake"]), enc.encode([""])
 
 

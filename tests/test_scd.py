@@ -4,7 +4,8 @@ import pytest
 import torch
 from layout_support import layout_transformer, pipeline_forward, with_audio_embeds
 
-from editctrl_core.conditioning.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import concat_conditionings
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.scd import SCDModel, SCDOptions, default_split_layer, shift_one_frame
 from editctrl_core.loading.models import build_transformer, load_preset
 
@@ -14,7 +15,7 @@ GRID = (3, 2, 3)
 def _setup(**options):
     preset = load_preset("tiny")
     model = build_transformer(preset)
-    text = TinyTextEncoder(preset).encode(["a red ball"])
+    text = build_tiny_text_encoder().encode(["a red ball"])
     scd = SCDModel(model, SCDOptions(split_layer=preset.split_layer, **options))
     return preset, model, text, scd
 
@@ -51,7 +52,7 @@ def test_plain_split_equals_diffusers_forward_as_the_pipeline_calls_it(layout):
     calls it, so every AdaLN (LTX-2.3's prompt AdaLN included) sees the scaled timestep."""
     preset = load_preset("tiny")
     model = layout_transformer(layout)
-    enc = TinyTextEncoder(preset)
+    enc = build_tiny_text_encoder()
     gen = torch.Generator().manual_seed(5)
     text = concat_conditionings([enc.encode(["a red ball"]), enc.encode([""])])
     if layout != "ltx-2.0":

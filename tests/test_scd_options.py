@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.context import to_tokens
 from editctrl_core.edit.scd import SCDModel, SCDOptions
 from editctrl_core.editmodel import EditModel
@@ -24,7 +24,7 @@ PER_FRAME = GRID[1] * GRID[2]
 def parts():
     torch.manual_seed(0)
     model = build_transformer(PRESET)
-    text = TinyTextEncoder(PRESET).encode(["a calm lake"])
+    text = build_tiny_text_encoder().encode(["a calm lake"])
     gen = torch.Generator().manual_seed(1)
     background = torch.randn(1, PRESET.transformer["in_channels"], *GRID, generator=gen)
     return model, text, background

@@ -21,7 +21,7 @@ import torch
 from comfy_server import ComfyServer
 from test_native_interop import _saved_latent, _source_nodes, native_tiny
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.blend import BlendSettings
 from editctrl_core.edit.context import prepare_edit
 from editctrl_core.edit.sampler import SamplerSettings, sample_edit
@@ -46,7 +46,7 @@ def _source_context():
     mask = torch.zeros(9, 64, 96)
     mask[:, 0:40, 32:72] = 1.0
     ctx = prepare_edit(build_vae(PRESET), frames, mask, geometry="pad")
-    return ctx, TinyTextEncoder(PRESET).encode(["a red ball"])
+    return ctx, build_tiny_text_encoder().encode(["a red ball"])
 
 
 def _direct_edit(transformer: torch.nn.Module, sigmas: torch.Tensor | None, steps: int) -> torch.Tensor:

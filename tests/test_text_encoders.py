@@ -318,6 +318,30 @@ def test_loader_node_reads_files_from_comfyui_model_folders(comfy_server: ComfyS
     assert failed.error is not None and "connectors" in failed.error["data"]["exception_message"]
 
 
+def test_one_text_encoder_loader_and_one_encode_node(comfy_server: ComfyServer, tmp_path: Path) -> None:
+    """The pack has one text-encoder loader (Gemma + connectors, or its tiny preset) and one encode node, whose two
+    outputs are the prompt's and the negative prompt's conditioning from one pass: a CFG edit runs on them."""
+    info = comfy_server.object_info()
+    text_nodes = {name for name, node in info.items() if name.startswith("EditCtrl")
+                  and any(t == "EDITCTRL_TEXT_ENCODER" for t in node["output"])}
+    encode_nodes = {name for name, node in info.items() if name.startswith("EditCtrl")
+                    and "EDITCTRL_TEXT_ENCODER" in json.dumps(node["input"]) and name not in text_nodes}
+    assert text_nodes == {"EditCtrlLTXTextEncoderLoader"} and encode_nodes == {"EditCtrlTextEncode"}, (
+        text_nodes, encode_nodes)
+    encode = info["EditCtrlTextEncode"]
+    assert encode["output_name"] == ["conditioning", "negative"] and "negative" in encode["input"]["optional"]
+    clip = tmp_path / "encode_node_clip.mp4"
+    write_video(clip, make_clip(9, 64, 96, seed=4).frames, fps=24)
+    comfy_server.upload_image(clip)
+    wf = json.loads((Path(__file__).resolve().parents[1] / "graphs" / "editctrl_demo.api.json").read_text())
+    wf["1"]["inputs"]["file"] = clip.name
+    wf["5"]["inputs"].update(text="the empty textured background", negative="a coloured disc")
+    del wf["6"]
+    wf["9"]["inputs"].update(positive=["5", 0], negative=["5", 1], cfg=3.0, steps=1)
+    result = comfy_server.run(wf, timeout=300, check=False)
+    assert result.error is None, result.error
+
+
 def test_width_check_tells_which_text_encoder_fits() -> None:
     from editctrl_core.conditioning.text_encoders import check_text_width
 

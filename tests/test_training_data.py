@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.loading.models import build_vae, load_preset
 from editctrl_core.media.synthetic import make_clip
 from editctrl_core.media.video_io import write_video
@@ -61,7 +61,7 @@ def test_precompute_caches_by_content_and_skips_finished(tmp_path: Path) -> None
     (clips / "one.txt").write_text("a disc")
     (clips / "two.txt").write_text("a square")
     preset = load_preset("tiny")
-    enc = Encoders(build_vae(preset), TinyTextEncoder(preset), "tiny-test")
+    enc = Encoders(build_vae(preset), build_tiny_text_encoder(), "tiny-test")
     rule = ShapeRule(frames=17, height=64, width=96)
     files, stats = precompute(discover_clips(clips), rule, enc, tmp_path / "cache")
     assert stats == {"encoded": 2, "skipped": 0}
@@ -70,7 +70,8 @@ def test_precompute_caches_by_content_and_skips_finished(tmp_path: Path) -> None
     s = data[0]
     assert tuple(s.latents.shape) == (16, 3, 2, 3) and torch.equal(s.latents, s.target)
     assert s.fill is not None and s.fill.shape == s.latents.shape
-    assert s.text_embeds.shape[-1] == 32 and int(s.text_mask.sum()) == len("a disc") + 2
+    caption = enc.text.encode(["a disc"])
+    assert torch.equal(s.text_embeds, caption.embeds[0]) and torch.equal(s.text_mask, caption.mask[0])
     again, stats = precompute(discover_clips(clips), rule, enc, tmp_path / "cache")
     assert stats == {"encoded": 0, "skipped": 2} and again == files
     (clips / "two.txt").write_text("a blue square")

@@ -20,7 +20,8 @@ import torch
 from layout_support import layout_transformer, pipeline_forward, with_audio_embeds
 from torch.utils.flop_counter import FlopCounterMode
 
-from editctrl_core.conditioning.text import TinyTextEncoder, concat_conditionings
+from editctrl_core.conditioning.text import concat_conditionings
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.scd import MASK_BIAS, LTX2Stack
 from editctrl_core.edit.training_free import FastMaskLocal, FullModel, MaskLocalModel
 from editctrl_core.loading.models import load_preset
@@ -33,7 +34,7 @@ LAYOUTS = ["ltx-2.0", "ltx-2.3", "ltx-2.5"]
 
 
 def _text(layout: str, gen: torch.Generator):
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     text = concat_conditionings([enc.encode(["a red ball"]), enc.encode(["blurry"])])
     return with_audio_embeds(text, gen) if layout != "ltx-2.0" else text
 
@@ -171,7 +172,7 @@ def _sampler_setup():
     vae = build_vae(PRESET)
     frames, mask = torch.rand(17, 96, 128, 3), torch.zeros(17, 96, 128)
     mask[:, 32:64, 32:96] = 1
-    enc = TinyTextEncoder(PRESET)
+    enc = build_tiny_text_encoder()
     return scd, prepare_edit(vae, frames, mask), enc.encode(["a calm lake"]), enc.encode([""])
 
 

@@ -168,11 +168,12 @@ def test_bad_text_encoder_settings_name_the_field(tmp_path: Path, encoders: dict
 
 
 def test_tiny_stays_the_builtin_encoder(tmp_path: Path) -> None:
-    from editctrl_core.conditioning.text import TinyTextEncoder
+    from editctrl_core.conditioning.text_encoders import LTXTextEncoder
     from editctrl_core.loading.models import load_preset
 
     cfg = tiny_config(tmp_path, clips=1)
     _, enc = prepare_data(cfg, load_base(cfg), tmp_path / "run")
-    assert isinstance(enc.text, TinyTextEncoder) and enc.id.endswith("|text:tiny")
+    assert isinstance(enc.text, LTXTextEncoder) and enc.text.source == "preset:tiny"
+    assert enc.id.endswith("|text:tiny-ltx")
     with pytest.raises(ConfigError, match=r"^data\.text_encoder: 'tiny' .* expects caption_channels 3840: .*gemma"):
         training_text_encoder(cfg, load_preset("ltx-2.0-19b"), None, tmp_path / "cache")

@@ -32,14 +32,14 @@ def vram_clip(comfy_server: ComfyServer, tmp_path_factory: pytest.TempPathFactor
 
 
 def _workflow(clip: str, *, offload: bool, positive: str, steps: int = 2, seed: int = 1) -> dict:
-    """The demo workflow with our LTX text encoder loader and the positive/negative pair node."""
+    """The demo workflow with the text encoder on the auto device and one encode node for both prompts."""
     wf = json.loads(WORKFLOW.read_text())
     wf["1"]["inputs"]["file"] = clip
     wf["4"] = {"class_type": "EditCtrlLTXTextEncoderLoader", "inputs": {
         "text_encoder": "(tiny preset)", "connectors": "(from text encoder)", "tokenizer": "(from text encoder)",
         "preset": "auto", "device": "auto", "dtype": "auto", "offload_after_encode": offload, "max_length": 0}}
-    wf["5"] = {"class_type": "EditCtrlTextEncodePair", "inputs": {
-        "text_encoder": ["4", 0], "positive": positive, "negative": "a coloured disc"}}
+    wf["5"] = {"class_type": "EditCtrlTextEncode", "inputs": {
+        "text_encoder": ["4", 0], "text": positive, "negative": "a coloured disc"}}
     del wf["6"]
     wf["7"]["inputs"].update(x=16, y=16, width=48, height=32)
     wf["9"]["inputs"].update(positive=["5", 0], negative=["5", 1], steps=steps, seed=seed)

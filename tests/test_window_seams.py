@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from editctrl_core.conditioning.text import TinyTextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.adapters import load_adapter
 from editctrl_core.edit.context import EditContext, prepare_edit
 from editctrl_core.edit.masks import pixel_mask_to_token_mask, token_mask_to_pixel_mask
@@ -74,7 +74,7 @@ def trained():
                                                   **options_from_metadata(lora.metadata)))
     scd.attach(load_adapter(WEIGHTS / FILES["local"], preset.model_id, preset.split_layer),
                load_adapter(WEIGHTS / FILES["global"], preset.model_id, preset.split_layer))
-    prompt = TinyTextEncoder(preset).encode([CAPTION])
+    prompt = build_tiny_text_encoder().encode([CAPTION])
     with apply_loras(loaded.transformer, [(lora, 1.0)]):
         yield scd, loaded.vae, prompt
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("editctrl.training")
 CACHE_VERSION = 3  # 2: samples record the clip's frame rate (RoPE's time axis); 3: the global context's low-res latents
+TINY_TEXT_ID = "tiny-ltx"  # cache identity of the tiny text preset (caches made by the old raw-Gemma tiny are stale)
 TEXT_DTYPE = "bfloat16"  # what `load_text_encoder` computes real Gemma weights in (enters the encoder identity)
 HASH_PROGRESS_BYTES = 1 << 28  # show a progress bar when hashing weights larger than this
 
@@ -436,22 +437,22 @@ def training_text_encoder(cfg: Config, preset: Any, transformer: torch.nn.Module
                           cache_dir: str | Path) -> tuple[Any, str]:
     """The run's text encoder for precompute and its cache identity.
 
-    'tiny' → the built-in `TinyTextEncoder` of the model preset (identity 'tiny'); a path → a `CachedTextEncoder`
+    'tiny' → the built-in `tiny` text preset (`build_tiny_text_encoder`, identity 'tiny-ltx'); a path → a `CachedTextEncoder`
     over LTX-2's Gemma weights, on data.text_device ('auto': the transformer's device).
     """
     from training.config import ConfigError
 
     d = cfg.data
     if d.text_encoder == "tiny":
-        from editctrl_core.conditioning.text import TinyTextEncoder
+        from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 
-        width, want = (preset.text_encoder or {}).get("hidden_size"), preset.transformer["caption_channels"]
+        encoder = build_tiny_text_encoder()
+        width, want = encoder.caption_channels, preset.transformer["caption_channels"]
         if width != want:
-            raise ConfigError(f"data.text_encoder: 'tiny' is the built-in test encoder ({width or 'no'} wide, for "
-                              f"model.preset tiny) but model {preset.name} expects caption_channels {want}: set "
-                              "data.text_encoder to LTX-2's Gemma text encoder, e.g. "
-                              "models/text_encoders/gemma_3_12B_it.safetensors")
-        return TinyTextEncoder(preset), "tiny"
+            raise ConfigError(f"data.text_encoder: 'tiny' is the built-in test encoder ({width} wide) but model "
+                              f"{preset.name} expects caption_channels {want}: set data.text_encoder to LTX-2's Gemma "
+                              "text encoder, e.g. models/text_encoders/gemma_3_12B_it.safetensors")
+        return encoder, TINY_TEXT_ID
     if d.text_device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("data.text_device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if d.text_device == "auto":

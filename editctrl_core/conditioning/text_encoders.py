@@ -114,9 +114,6 @@ def load_text_preset(name: str) -> TextPreset:
     return TextPreset(name=name, **read_preset_json(TEXT_PRESET_DIR, name, "text encoder preset"))
 
 
-LTXTextConditioning = TextConditioning  # the audio-stream embeddings live on TextConditioning.audio_embeds
-
-
 # ---------------------------------------------------------------------------------------------- tokenizers
 
 
@@ -313,7 +310,7 @@ class LTXTextEncoder:
         return torch.stack(out.hidden_states, dim=-1).flatten(2, 3), mask.to(dev)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> LTXTextConditioning:
+    def encode(self, prompts: list[str]) -> TextConditioning:
         """Prompt embeddings for the transformer (video + audio streams) and their mask, on the CPU in float32."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -321,7 +318,7 @@ class LTXTextEncoder:
         with self.on_device():
             hidden, mask = self._hidden(ids, mask)
             video, audio, out_mask = self.connectors(hidden.to(self.dtype), mask, padding_side=self.padding_side)
-            result = LTXTextConditioning(video.float().cpu(), out_mask.cpu(), prompts[0] if len(prompts) == 1 else "",
+            result = TextConditioning(video.float().cpu(), out_mask.cpu(), prompts[0] if len(prompts) == 1 else "",
                                          audio.float().cpu())
             del hidden, video, audio
         return result

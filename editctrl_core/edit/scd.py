@@ -111,7 +111,7 @@ class LTX2Stack:
         if self.config.use_prompt_embeddings:
             video = m.caption_projection(embeds)
             audio = m.audio_caption_projection(embeds)
-        elif getattr(cond, "audio_embeds", None) is not None:
+        elif cond.audio_embeds is not None:
             audio = cond.audio_embeds.to(self.device, self.dtype)
         bias = None
         if cond.mask is not None:

@@ -45,7 +45,6 @@ class Preset:
     split_layer: int
     transformer: dict[str, Any]
     vae: dict[str, Any]
-    text_encoder: dict[str, Any] | None = None
     seed: int = 0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

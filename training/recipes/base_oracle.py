@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editctrl_core.conditioning.text import TextConditioning, TinyTextEncoder
+from editctrl_core.conditioning.text import TextConditioning, TextEncoder
+from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
 from editctrl_core.edit.context import prepare_edit, to_tokens
 from editctrl_core.edit.scd import LTX2Stack, SCDModel, SCDOptions
 from editctrl_core.loading.models import (
@@ -470,7 +471,7 @@ def conditioning_mask(g: torch.Generator, batch: int, grid: tuple[int, int, int]
     return mask
 
 
-def train_base(preset: Preset, data: LatentSet, text: TinyTextEncoder, settings: BaseSettings,
+def train_base(preset: Preset, data: LatentSet, text: TextEncoder, settings: BaseSettings,
                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Train the preset's transformer from its seeded init on `data` (see the module docstring); returns the EMA
     weights."""
@@ -560,7 +561,7 @@ def refresh_name(refreshes: int) -> str:
 
 @torch.no_grad()
 def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Preset, settings: OracleSettings,
-               text: TinyTextEncoder | None = None, keep_frames: int = 0, source: str = "", model=None) -> dict:
+               text: TextEncoder | None = None, keep_frames: int = 0, source: str = "", model=None) -> dict:
     """Masked-region error of "remove the object" on held-out synthetic clips, per mode, and of a grey fill.
 
     Latent: MSE over the object's token mask between the edited latents and the VAE latents of the true background
@@ -574,7 +575,7 @@ def run_oracle(transformer: torch.nn.Module, vae: torch.nn.Module, preset: Prese
     from editctrl_core.edit.sampler import SamplerSettings
     from editctrl_core.editmodel import EditModel
 
-    text = text or TinyTextEncoder(preset)
+    text = text or build_tiny_text_encoder()
     model = model or EditModel(SCDModel(transformer, SCDOptions(split_layer=preset.split_layer)), preset, source)
     positive = text.encode([BACKGROUND_CAPTION])
     negative = text.encode([EMPTY_PROMPT])
@@ -674,7 +675,7 @@ def run(out: Path, real: str | None, vae_settings: VAESettings, base_settings: B
     for kind, row in vae_info["heldout"].items():
         log.info("   VAE held-out %s: %.2f dB (min %.2f)", kind, row["mean_psnr"], row["min_psnr"])
     log.info("2/3 base transformer: encoding %d clips, %d steps", 2 * base_settings.clips, base_settings.steps)
-    text = TinyTextEncoder(preset)
+    text = build_tiny_text_encoder()
     t0 = time.time()
     data = encode_training_clips(vae, list(range(base_settings.clips)), real=real_training_windows(train_real))
     encode_seconds = time.time() - t0

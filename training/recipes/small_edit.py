@@ -162,7 +162,7 @@ def real_sheet(models: dict, vae, held_real: torch.Tensor, target: Path, steps: 
     from editctrl_core.media.vae import decode_latents
     from training.recipes.frame_sheet import grid, mask_overlay, save_image
 
-    text = base.TinyTextEncoder(next(iter(models.values())).preset)
+    text = base.build_tiny_text_encoder()
     frames = held_real[:17]
     x, y, w, h = REAL_BOX
     mask = torch.zeros(frames.shape[:3])

@@ -122,7 +122,7 @@ def _edit_models(checkpoint: Path, weights: dict[str, Path] | None):
     """(SCDModel, VAE, text encoder, LoRA patch context) for the shipped checkpoint, trained or untrained."""
     import contextlib
 
-    from editctrl_core.conditioning.text import TinyTextEncoder
+    from editctrl_core.conditioning.text_encoders import build_tiny_text_encoder
     from editctrl_core.edit.adapters import load_adapter
     from editctrl_core.edit.scd import SCDModel, SCDOptions
     from editctrl_core.loading.lora import apply_loras, read_lora
@@ -135,7 +135,7 @@ def _edit_models(checkpoint: Path, weights: dict[str, Path] | None):
         scd.attach(load_adapter(weights["local"], preset.model_id, preset.split_layer),
                    load_adapter(weights["global"], preset.model_id, preset.split_layer))
         patch = apply_loras(loaded.transformer, [(read_lora(weights["lora"]), 1.0)])
-    return scd, loaded.vae, TinyTextEncoder(preset), patch
+    return scd, loaded.vae, build_tiny_text_encoder(), patch
 
 
 def evaluate_removal(weights_dir: str | Path, clips: int = 8, steps: int = 8, seed: int = EVAL_SEED) -> dict:

@@ -51,7 +51,7 @@ REAL_BOX = (96, 32, 64, 64)
 
 @dataclass
 class EditTraining:
-    """Steps and sizes of the three stages (defaults: the recorded run, 12 min on a 2-core CPU; the test uses a few
+    """Steps and sizes of the three stages (defaults: the recorded run, 12–19 min on a 2-core CPU; the test uses a few
     steps)."""
 
     clips: int = 192

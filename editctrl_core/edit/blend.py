@@ -55,13 +55,6 @@ def _moved(t: torch.Tensor, device: Device) -> torch.Tensor:
     return t.to(device)
 
 
-def _binary_static(mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``_binary`` where the mask lies; an expanded static mask (frame stride 0) stays one expanded frame."""
-    if mask.ndim > 0 and mask.shape[0] > 1 and mask.stride(0) == 0:
-        return _binary(mask[:1], threshold).expand(mask.shape)
-    return _binary(mask, threshold)
-
-
 def _hit_on(mask: torch.Tensor, threshold: float, device: Device) -> torch.Tensor:
     """Boolean mask on ``device`` (None: where it lies), thresholded there so the comparison runs on that device."""
     return _binary(_moved(mask, device), threshold)
@@ -388,10 +381,9 @@ def composite(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, fe
     """Final pixel composite [F,H,W,C]: edited inside, feathered seam, the source bitwise beyond the feather.
 
     ``mask`` is [F,H,W] (or [1,H,W] for a static mask). Runs on ``device`` (None: the edited frames' device, i.e.
-    the decode's): the mask, thresholded where it lies, goes there and the α field is computed there; only the box
-    around the mask (grown by the feather) of both clips crosses to it, is mixed in the source's dtype and comes
-    back. The rest of the result is a copy of the source made where the source lies, so a CPU IMAGE stays a CPU
-    IMAGE and never crosses the bus whole (at 121 frames of 768×512 that was 1.7 GB of copies for a 10% mask).
+    the decode's): frames and mask go there once, the α field, the checks and the mix run there in the source's
+    dtype, and the result comes back once, with the source's dtype and device (a CPU IMAGE stays a CPU IMAGE).
+    Only the box around the mask (grown by the feather) is mixed; the rest is a copy of the source.
     """
     if edited.shape != source.shape or edited.ndim != 4:
         raise ValueError(f"edited frames {tuple(edited.shape)} and source frames {tuple(source.shape)} differ; both "
@@ -403,19 +395,20 @@ def composite(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, fe
         raise ValueError(f"mask must be [F,H,W] or [1,H,W] matching the frames {tuple(source.shape[:3])}; "
                          f"got {tuple(mask.shape)}")
     work = edited.device if device is None else torch.device(device)
-    check_finite_tensor("edited frames", edited)
-    check_finite_tensor("source frames", source)
-    check_finite_tensor("mask", mask)
-    field = _feather_field(_moved(_binary_static(mask, threshold), work), feather_px, threshold, shape)
-    out = source.clone()
+    edited_w, source_w, mask_w = edited.to(work), source.to(work), _moved(mask, work)
+    check_finite_tensor("edited frames", edited_w)
+    check_finite_tensor("source frames", source_w)
+    check_finite_tensor("mask", mask_w)
+    out = source_w.clone() if source_w is source else source_w
+    field = _feather_field(mask_w, feather_px, threshold, shape)
     if field.box is not None:
         y0, y1, x0, x1 = field.box
         alpha = field.values[field.owner].unsqueeze(-1).to(source.dtype)
-        src = out[:, y0:y1, x0:x1].to(work)
-        edt = edited[:, y0:y1, x0:x1].to(work, source.dtype)
-        mixed = torch.where(alpha <= 0, src, torch.where(alpha >= 1, edt, torch.lerp(src, edt, alpha)))
-        out[:, y0:y1, x0:x1] = mixed.to(source.device)
-    return out
+        src = out[:, y0:y1, x0:x1]
+        edt = edited_w[:, y0:y1, x0:x1].to(source.dtype)
+        mixed = torch.lerp(src, edt, alpha)
+        out[:, y0:y1, x0:x1] = torch.where(alpha <= 0, src, torch.where(alpha >= 1, edt, mixed))
+    return out.to(source.device)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,19 @@ def check_finite_value(name: str, value: float) -> float:
     return number
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a floating tensor holds no NaN/±Inf, in one reduction without a full-size temporary: its min and max
+    are NaN when any value is, ±Inf when any is infinite (on the CPU 13× faster than ``isfinite(t).all()``, measured
+    at 121 frames of 768×512: 0.05 s against 0.63 s)."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def check_finite_tensor(name: str, tensor: torch.Tensor | None, hint: str = "") -> torch.Tensor | None:
     """`tensor` unchanged, or a NonFiniteError saying how many NaN/Inf values `name` holds and what to do."""
-    if tensor is None or not tensor.is_floating_point():
+    if tensor is None or not tensor.is_floating_point() or all_finite(tensor):
         return tensor
     bad = ~torch.isfinite(tensor)
     if bool(bad.any()):

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..checks import all_finite
 from .weights_file import save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _check_pair(name: str, w: LoraWeights) -> None:
         )
     if not math.isfinite(w.alpha):
         raise LoraFormatError(f"{name}: alpha must be a finite number, got {w.alpha}")
-    if not (torch.isfinite(w.A).all() and torch.isfinite(w.B).all()):
+    if not (all_finite(w.A) and all_finite(w.B)):
         raise LoraFormatError(f"{name}: weights contain NaN or Inf")
 
 

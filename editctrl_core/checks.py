@@ -31,7 +31,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
 def check_finite_tensor(name: str, tensor: torch.Tensor | None, hint: str = "") -> torch.Tensor | None:
     """`tensor` unchanged, or a NonFiniteError saying how many NaN/Inf values `name` holds and what to do."""
-    if tensor is None or not tensor.is_floating_point() or all_finite(tensor):
+    if tensor is None or all_finite(tensor):
         return tensor
     bad = ~torch.isfinite(tensor)
     if bool(bad.any()):

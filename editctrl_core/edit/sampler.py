@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..checks import NonFiniteError, check_finite_tensor, check_finite_value
+from ..checks import NonFiniteError, all_finite, check_finite_tensor, check_finite_value
 from ..conditioning.text import TextConditioning, concat_conditionings
 from .blend import BlendSettings, BoundaryBlender, composite
 from .context import EditContext, from_tokens, to_tokens
@@ -321,7 +321,7 @@ def region_on_grid(ctx: EditContext, region: Region, number: int) -> torch.Tenso
 
 def check_finite_step(x: torch.Tensor, step: int, steps: int) -> None:
     """Stop the edit at the first step whose latents went NaN/Inf (never return a black edit)."""
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise NonFiniteError(f"the edit latents became NaN/Inf at step {step + 1} of {steps}; the model's velocity "
                              "overflowed. Try float32 or bfloat16 instead of float16, a lower cfg, or check the "
                              "weights (a LoRA at a very high strength can do this)")
